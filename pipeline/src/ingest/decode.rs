@@ -1,0 +1,633 @@
+//! Request bodies to Arrow: NDJSON, a JSON array, an Arrow IPC stream, and gunzip.
+//!
+//! JSON goes straight into columns with arrow-json's `Decoder` (no per-row serde
+//! structs). One request is decoded with one decoder; only when that fails are its
+//! rows split in halves, recursively, until every bad row is isolated and reported
+//! while the good ones are kept (k bad rows among n cost about k·log n small decodes).
+
+use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
+use arrow::buffer::Buffer;
+use arrow::compute::{CastOptions, cast_with_options, concat_batches};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow_ipc::reader::StreamDecoder;
+use arrow_json::ReaderBuilder;
+use leasewatch_schemas::ping_schema;
+use serde::Serialize;
+use std::io::Read;
+use std::sync::{Arc, LazyLock};
+
+use leasewatch_schemas::Problem;
+
+/// A body that cannot be turned into rows at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The body inflates to more than the limit.
+    #[error("body is larger than {limit} bytes after decompression")]
+    TooLarge {
+        /// The limit, in bytes.
+        limit: u64,
+    },
+    /// The body holds more rows than the limit.
+    #[error("body holds more than {limit} rows")]
+    TooManyRows {
+        /// The limit.
+        limit: usize,
+    },
+    /// The body is not in the format it claims (not a JSON array, not gzip, a broken
+    /// Arrow IPC stream, columns that do not fit the ping schema).
+    #[error("malformed body: {0}")]
+    Malformed(String),
+}
+
+/// One thing wrong with one field of a row, as sent back to the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RowProblem {
+    /// The field by its wire name (`"row"` when the row as a whole is unreadable).
+    pub field: String,
+    /// What is wrong: a `ProblemKind` name, or `bad_json`, `unknown_field`, `missing`.
+    pub kind: String,
+    /// The offending value (or the start of the row), at most 64 characters.
+    pub value: String,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+impl From<&Problem> for RowProblem {
+    fn from(p: &Problem) -> Self {
+        Self {
+            field: p.field.to_string(),
+            kind: p.kind.as_str().to_string(),
+            value: p.value.clone(),
+            message: p.message.clone(),
+        }
+    }
+}
+
+/// A rejected row: its index in the request (0-based: array element, non-blank NDJSON
+/// line, or row across the IPC stream's batches) and every problem found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RowRejection {
+    /// Index of the row in the request.
+    pub row: usize,
+    /// Everything wrong with it.
+    pub problems: Vec<RowProblem>,
+}
+
+/// The rows of a request that could be read.
+#[derive(Debug, Clone)]
+pub struct Decoded {
+    /// The rows that decoded, in request order, in the column layout of
+    /// [`ping_schema`] (IPC input may carry nulls in required columns: the validator
+    /// reports those).
+    pub batch: RecordBatch,
+    /// For each row of `batch`, its index in the request.
+    pub request_rows: Vec<usize>,
+    /// Rows that could not be decoded.
+    pub rejected: Vec<RowRejection>,
+    /// Rows in the request (decoded + rejected).
+    pub total_rows: usize,
+}
+
+impl Decoded {
+    fn empty(schema: SchemaRef) -> Self {
+        Self {
+            batch: RecordBatch::new_empty(schema),
+            request_rows: Vec::new(),
+            rejected: Vec::new(),
+            total_rows: 0,
+        }
+    }
+}
+
+/// Inflates a gzip body (one or more members), reading at most `limit` bytes of
+/// output: a larger result is [`DecodeError::TooLarge`] without inflating the rest.
+pub fn gunzip_limited(body: &[u8], limit: u64) -> Result<Vec<u8>, DecodeError> {
+    let cap = (body.len() as u64).saturating_mul(4).min(limit) as usize;
+    let mut out = Vec::with_capacity(cap);
+    let mut reader = flate2::read::MultiGzDecoder::new(body).take(limit.saturating_add(1));
+    reader
+        .read_to_end(&mut out)
+        .map_err(|e| DecodeError::Malformed(format!("gzip: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(DecodeError::TooLarge { limit });
+    }
+    Ok(out)
+}
+
+fn trim_ascii(mut s: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = s {
+        if first.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = s {
+        if last.is_ascii_whitespace() {
+            s = rest;
+        } else {
+            break;
+        }
+    }
+    s
+}
+
+fn strip_bom(s: &[u8]) -> &[u8] {
+    s.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(s)
+}
+
+/// Decodes newline-delimited JSON: one ping object per non-blank line. A line that
+/// does not decode is rejected on its own; the other lines are kept.
+pub fn decode_ndjson(body: &[u8], max_rows: usize) -> Result<Decoded, DecodeError> {
+    let body = strip_bom(body);
+    let mut rows = Vec::new();
+    for line in body.split(|b| *b == b'\n') {
+        let line = trim_ascii(line);
+        if !line.is_empty() {
+            if rows.len() == max_rows {
+                return Err(DecodeError::TooManyRows { limit: max_rows });
+            }
+            rows.push(line);
+        }
+    }
+    Ok(decode_json_rows(&rows, Some(body)))
+}
+
+/// Decodes a JSON array of ping objects. The array is split into its elements by a
+/// small scanner (strings, escapes and nesting are respected; nothing is parsed
+/// twice in the common case), then decoded like NDJSON lines: a bad element is
+/// rejected on its own. A body that is not an array at all is malformed.
+pub fn decode_json_array(body: &[u8], max_rows: usize) -> Result<Decoded, DecodeError> {
+    let rows = split_json_array(strip_bom(body), max_rows)?;
+    Ok(decode_json_rows(&rows, None))
+}
+
+/// The elements of a top-level JSON array, trimmed.
+fn split_json_array(body: &[u8], max_rows: usize) -> Result<Vec<&[u8]>, DecodeError> {
+    let malformed = |what: &str| DecodeError::Malformed(format!("not a JSON array: {what}"));
+    let body = trim_ascii(body);
+    let inner = match body {
+        [b'[', inner @ .., b']'] => inner,
+        [b'[', ..] => return Err(malformed("no closing ']'")),
+        _ => return Err(malformed("the body must start with '['")),
+    };
+    let mut out = Vec::new();
+    if trim_ascii(inner).is_empty() {
+        return Ok(out);
+    }
+    let (mut depth, mut in_str, mut escaped, mut start) = (0usize, false, false, 0usize);
+    for (i, &b) in inner.iter().enumerate() {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or_else(|| malformed("unbalanced brackets"))?;
+            }
+            b',' if depth == 0 => {
+                if out.len() == max_rows {
+                    return Err(DecodeError::TooManyRows { limit: max_rows });
+                }
+                out.push(trim_ascii(&inner[start..i]));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if in_str || depth != 0 {
+        return Err(malformed("an element is not closed"));
+    }
+    if out.len() == max_rows {
+        return Err(DecodeError::TooManyRows { limit: max_rows });
+    }
+    out.push(trim_ascii(&inner[start..]));
+    Ok(out)
+}
+
+/// Decodes JSON rows, isolating the ones that fail. `whole` is the same rows as one
+/// contiguous body (NDJSON), fed in one piece on the first attempt.
+fn decode_json_rows(rows: &[&[u8]], whole: Option<&[u8]>) -> Decoded {
+    let schema = ping_schema();
+    let mut out = Decoded::empty(Arc::clone(&schema));
+    out.total_rows = rows.len();
+    if rows.is_empty() {
+        return out;
+    }
+    let indexed: Vec<(usize, &[u8])> = rows.iter().copied().enumerate().collect();
+    let mut batches = Vec::new();
+    let first = match whole {
+        Some(body) => try_decode_json(std::iter::once(body), rows.len()),
+        None => try_decode_json(rows.iter().copied(), rows.len()),
+    };
+    match first {
+        Ok(batch) => {
+            batches.push(batch);
+            out.request_rows.extend(0..rows.len());
+        }
+        Err(_) => bisect(&indexed, &mut batches, &mut out),
+    }
+    out.batch = match concat_batches(&schema, &batches) {
+        Ok(b) => b,
+        // Every part has `schema`: concatenation cannot fail. Should it, reject all.
+        Err(e) => {
+            out.request_rows.clear();
+            out.rejected = (0..rows.len())
+                .map(|row| RowRejection {
+                    row,
+                    problems: vec![RowProblem {
+                        field: "row".into(),
+                        kind: "internal".into(),
+                        value: String::new(),
+                        message: e.to_string(),
+                    }],
+                })
+                .collect();
+            RecordBatch::new_empty(schema)
+        }
+    };
+    out.rejected.sort_by_key(|r| r.row);
+    out
+}
+
+fn bisect(rows: &[(usize, &[u8])], batches: &mut Vec<RecordBatch>, out: &mut Decoded) {
+    // Below this size one decode per row is cheaper than further halving.
+    const SMALL: usize = 4;
+    if rows.len() <= SMALL {
+        for &(idx, row) in rows {
+            match try_decode_json(std::iter::once(row), 1) {
+                Ok(batch) => {
+                    batches.push(batch);
+                    out.request_rows.push(idx);
+                }
+                Err(message) => out.rejected.push(json_rejection(idx, row, &message)),
+            }
+        }
+        return;
+    }
+    match try_decode_json(rows.iter().map(|r| r.1), rows.len()) {
+        Ok(batch) => {
+            batches.push(batch);
+            out.request_rows.extend(rows.iter().map(|r| r.0));
+        }
+        Err(_) => {
+            let (a, b) = rows.split_at(rows.len() / 2);
+            bisect(a, batches, out);
+            bisect(b, batches, out);
+        }
+    }
+}
+
+/// Decodes `parts` (JSON text, concatenated) into one batch that must hold exactly
+/// `expected` rows.
+fn try_decode_json<'a>(
+    parts: impl Iterator<Item = &'a [u8]>,
+    expected: usize,
+) -> Result<RecordBatch, String> {
+    let mut decoder = ReaderBuilder::new(ping_schema())
+        .with_strict_mode(true)
+        .with_batch_size(expected + 1)
+        .build_decoder()
+        .map_err(|e| e.to_string())?;
+    for part in parts {
+        let mut rest = part;
+        while !rest.is_empty() {
+            let n = decoder.decode(rest).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("more than one JSON value in a row".to_string());
+            }
+            rest = &rest[n..];
+        }
+        // Separates values fed piecewise (`}{` is fine for the tokenizer, but a
+        // number or literal followed by the next one would merge).
+        decoder.decode(b"\n").map_err(|e| e.to_string())?;
+    }
+    if decoder.has_partial_record() {
+        return Err("incomplete JSON value".to_string());
+    }
+    let batch = decoder
+        .flush()
+        .map_err(|e| e.to_string())?
+        .unwrap_or_else(|| RecordBatch::new_empty(ping_schema()));
+    if batch.num_rows() != expected {
+        return Err(format!(
+            "expected {expected} JSON objects, found {}",
+            batch.num_rows()
+        ));
+    }
+    Ok(batch)
+}
+
+/// Renders at most 64 characters of `bytes`.
+fn snippet(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(256)]);
+    let mut out: String = s.chars().take(61).collect();
+    if out.len() < s.len() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// Turns an arrow-json error into a row problem, naming the field when the error does.
+fn json_rejection(row: usize, text: &[u8], message: &str) -> RowRejection {
+    let message = message.strip_prefix("Json error: ").unwrap_or(message);
+    // arrow-json says "whilst decoding field 'x': ..." and, in strict mode,
+    // "column 'x' missing from schema" for a field the schema does not have.
+    let quoted = |after: &str| -> Option<String> {
+        let start = message.find(after)? + after.len();
+        let end = message[start..].find('\'')? + start;
+        Some(message[start..end].to_string())
+    };
+    let quoted_name = |after: &str| -> Option<String> {
+        let start = message.find(after)? + after.len();
+        let end = message[start..].find('"')? + start;
+        Some(message[start..end].to_string())
+    };
+    let (field, kind) = if let Some(f) =
+        quoted("column '").filter(|_| message.contains("missing from schema"))
+    {
+        (f, "unknown_field")
+    } else if let Some(f) = quoted_name("Field { \"").filter(|_| message.contains("non-nullable")) {
+        // "Encountered unmasked nulls in non-nullable StructArray child: Field { "x": .. }"
+        (f, "missing")
+    } else if let Some(f) = quoted("whilst decoding field '") {
+        let kind = if message.contains("non-nullable") || message.contains("null") {
+            "missing"
+        } else {
+            "bad_json"
+        };
+        (f, kind)
+    } else {
+        ("row".to_string(), "bad_json")
+    };
+    RowRejection {
+        row,
+        problems: vec![RowProblem {
+            field,
+            kind: kind.to_string(),
+            value: snippet(text),
+            message: message.to_string(),
+        }],
+    }
+}
+
+/// The ping schema with every column nullable: IPC input is decoded into it so that a
+/// null in a required column is one rejected row, not a rejected request.
+pub(crate) fn relaxed_ping_schema() -> SchemaRef {
+    static RELAXED: LazyLock<SchemaRef> = LazyLock::new(|| {
+        let fields: Vec<Field> = ping_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect();
+        Arc::new(Schema::new(fields))
+    });
+    Arc::clone(&RELAXED)
+}
+
+/// Decodes an Arrow IPC stream. Columns are matched to the ping schema by name and
+/// cast where the type differs (e.g. `Int64` to the millisecond timestamp, `LargeUtf8`
+/// to `Utf8`); absent optional columns become null. A column the ping schema does not
+/// have, a missing required column or a failed cast makes the body malformed.
+pub fn decode_arrow_ipc(body: &[u8], max_rows: usize) -> Result<Decoded, DecodeError> {
+    // arrow-ipc checks what it reads, but it was not written for hostile input: a panic
+    // deep inside it must cost this request, not the server.
+    let result = std::panic::catch_unwind(|| decode_arrow_ipc_inner(body, max_rows));
+    match result {
+        Ok(r) => r,
+        Err(_) => Err(DecodeError::Malformed(
+            "Arrow IPC stream could not be read".to_string(),
+        )),
+    }
+}
+
+fn decode_arrow_ipc_inner(body: &[u8], max_rows: usize) -> Result<Decoded, DecodeError> {
+    let malformed = |e: arrow::error::ArrowError| DecodeError::Malformed(format!("Arrow IPC: {e}"));
+    let mut decoder = StreamDecoder::new();
+    let mut buf = Buffer::from(body);
+    let mut batches = Vec::new();
+    let mut total = 0usize;
+    while !buf.is_empty() {
+        match decoder.decode(&mut buf).map_err(malformed)? {
+            Some(batch) => {
+                total = total.saturating_add(batch.num_rows());
+                if total > max_rows {
+                    return Err(DecodeError::TooManyRows { limit: max_rows });
+                }
+                batches.push(conform(&batch)?);
+            }
+            None => break,
+        }
+    }
+    decoder.finish().map_err(malformed)?;
+    if decoder.schema().is_none() {
+        return Err(DecodeError::Malformed(
+            "Arrow IPC: the stream holds no schema message".to_string(),
+        ));
+    }
+    let schema = relaxed_ping_schema();
+    let batch = concat_batches(&schema, &batches).map_err(malformed)?;
+    Ok(Decoded {
+        request_rows: (0..batch.num_rows()).collect(),
+        batch,
+        rejected: Vec::new(),
+        total_rows: total,
+    })
+}
+
+/// Maps an IPC batch onto [`relaxed_ping_schema`].
+fn conform(batch: &RecordBatch) -> Result<RecordBatch, DecodeError> {
+    let target = relaxed_ping_schema();
+    let source = batch.schema();
+    if let Some(extra) = source
+        .fields()
+        .iter()
+        .find(|f| target.index_of(f.name()).is_err())
+    {
+        return Err(DecodeError::Malformed(format!(
+            "Arrow IPC: column {:?} is not a ping field",
+            extra.name()
+        )));
+    }
+    let options = CastOptions {
+        safe: false,
+        ..CastOptions::default()
+    };
+    let strict = ping_schema();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
+    for (field, strict_field) in target.fields().iter().zip(strict.fields()) {
+        let column = match source.index_of(field.name()) {
+            Ok(i) => {
+                let c = batch.column(i);
+                if c.data_type() == field.data_type() {
+                    Arc::clone(c)
+                } else {
+                    cast_with_options(c, field.data_type(), &options).map_err(|e| {
+                        DecodeError::Malformed(format!(
+                            "Arrow IPC: column {:?} of type {} cannot be read as {}: {e}",
+                            field.name(),
+                            c.data_type(),
+                            field.data_type()
+                        ))
+                    })?
+                }
+            }
+            Err(_) if strict_field.is_nullable() => {
+                new_null_array(field.data_type(), batch.num_rows())
+            }
+            Err(_) => {
+                return Err(DecodeError::Malformed(format!(
+                    "Arrow IPC: required column {:?} is missing",
+                    field.name()
+                )));
+            }
+        };
+        columns.push(column);
+    }
+    RecordBatch::try_new(target, columns)
+        .map_err(|e| DecodeError::Malformed(format!("Arrow IPC: {e}")))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use arrow::array::StringArray;
+
+    const GOOD: &str = r#"{"device_id":"490154203237518","event_time":1780000000000,"event_kind":"heartbeat","lat":1.5,"lon":2.5}"#;
+
+    fn ids(d: &Decoded) -> Vec<usize> {
+        d.rejected.iter().map(|r| r.row).collect()
+    }
+
+    #[test]
+    fn ndjson_bad_lines_are_isolated() {
+        let mut body = String::new();
+        for i in 0..37 {
+            match i {
+                3 => body.push_str("{not json\n"),
+                10 => body.push_str(r#"{"device_id":"490154203237518","event_time":1,"event_kind":"boot","battery_pct":300}"#),
+                11 => body.push_str(r#"{"device_id":"490154203237518","event_time":1,"event_kind":"boot","color":"red"}"#),
+                20 => body.push_str(r#"{"event_time":1,"event_kind":"boot"}"#),
+                _ => body.push_str(GOOD),
+            }
+            body.push_str("\r\n\n");
+        }
+        let d = decode_ndjson(body.as_bytes(), 1000).unwrap();
+        assert_eq!(d.total_rows, 37);
+        assert_eq!(ids(&d), vec![3, 10, 11, 20]);
+        assert_eq!(d.batch.num_rows(), 33);
+        assert_eq!(d.request_rows.len(), 33);
+        assert!(!d.request_rows.contains(&3));
+        assert_eq!(d.rejected[1].problems[0].field, "battery_pct");
+        assert_eq!(d.rejected[2].problems[0].field, "color");
+        assert_eq!(d.rejected[2].problems[0].kind, "unknown_field");
+        assert_eq!(
+            d.rejected[3].problems[0].field, "device_id",
+            "{:?}",
+            d.rejected[3]
+        );
+    }
+
+    #[test]
+    fn two_objects_on_one_line_are_rejected() {
+        let body = format!("{GOOD}\n{GOOD} {GOOD}\n{GOOD}\n");
+        let d = decode_ndjson(body.as_bytes(), 10).unwrap();
+        assert_eq!(ids(&d), vec![1]);
+        assert_eq!(d.batch.num_rows(), 2);
+        assert_eq!(d.request_rows, vec![0, 2]);
+    }
+
+    #[test]
+    fn json_array_splits_with_strings_and_nesting() {
+        let tricky = r#"{"device_id":"490154203237518","event_time":1780000000000,"event_kind":"boot","mnc":"0,]}\"["}"#;
+        let body = format!("\u{feff} [ {GOOD}, {tricky} ,5, [1,2], {GOOD} ] ");
+        let d = decode_json_array(body.as_bytes(), 10).unwrap();
+        assert_eq!(d.total_rows, 5);
+        assert_eq!(ids(&d), vec![2, 3]);
+        let mnc = d
+            .batch
+            .column(10)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(mnc.value(1), "0,]}\"[");
+        assert_eq!(decode_json_array(b"[]", 10).unwrap().total_rows, 0);
+        assert_eq!(decode_json_array(b" [ ] ", 10).unwrap().total_rows, 0);
+    }
+
+    #[test]
+    fn malformed_arrays_and_limits() {
+        for body in ["", "{}", "[", "[{]", "[\"abc]", "[{}]]", "x[]"] {
+            assert!(
+                matches!(
+                    decode_json_array(body.as_bytes(), 10),
+                    Err(DecodeError::Malformed(_))
+                ),
+                "{body:?}"
+            );
+        }
+        let body = format!("[{GOOD},{GOOD},{GOOD}]");
+        assert_eq!(
+            decode_json_array(body.as_bytes(), 2).unwrap_err(),
+            DecodeError::TooManyRows { limit: 2 }
+        );
+        assert_eq!(
+            decode_json_array(body.as_bytes(), 3)
+                .unwrap()
+                .batch
+                .num_rows(),
+            3
+        );
+        let body = format!("{GOOD}\n{GOOD}\n{GOOD}\n");
+        assert_eq!(
+            decode_ndjson(body.as_bytes(), 2).unwrap_err(),
+            DecodeError::TooManyRows { limit: 2 }
+        );
+    }
+
+    #[test]
+    fn gunzip_stops_at_the_limit() {
+        use flate2::{Compression, write::GzEncoder};
+        use std::io::Write;
+        let mut enc = GzEncoder::new(Vec::new(), Compression::default());
+        enc.write_all(&vec![b'a'; 1 << 20]).unwrap();
+        let gz = enc.finish().unwrap();
+        assert_eq!(gunzip_limited(&gz, 1 << 20).unwrap().len(), 1 << 20);
+        assert_eq!(
+            gunzip_limited(&gz, (1 << 20) - 1).unwrap_err(),
+            DecodeError::TooLarge {
+                limit: (1 << 20) - 1
+            }
+        );
+        assert!(matches!(
+            gunzip_limited(b"not gzip", 100),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn arrow_ipc_garbage_is_malformed_not_a_panic() {
+        for body in [
+            &b""[..],
+            b"\xff\xff\xff\xff",
+            b"\xff\xff\xff\xff\x10\x00\x00\x00abc",
+            &[0u8; 64],
+        ] {
+            assert!(matches!(
+                decode_arrow_ipc(body, 10),
+                Err(DecodeError::Malformed(_))
+            ));
+        }
+    }
+}
