@@ -1,0 +1,17 @@
+-- Benchmark pipeline for `leasewatch replay` (see README.md beside this file).
+CREATE TABLE pings (
+  device_id TEXT NOT NULL,
+  event_time TIMESTAMP NOT NULL,
+  lat DOUBLE,
+  lon DOUBLE,
+  battery_pct INT,
+  iccid TEXT,
+  agent_active BOOLEAN,
+  rooted BOOLEAN,
+  mock_location BOOLEAN,
+  event_kind TEXT NOT NULL,
+  WATERMARK FOR event_time AS (event_time - INTERVAL '30' SECOND)
+) WITH (connector = 'leasewatch');
+
+CREATE TABLE per_device_10m WITH (connector = 'blackhole');
+CREATE TABLE tamper WITH (connector = 'blackhole');

@@ -1,0 +1,217 @@
+//! Engine checkpoints: the event-time clock, counters and window state as bytes.
+//!
+//! Layout: `LWCK` magic, a little-endian `u32` format version, a `u32` header length, the
+//! header (JSON: fingerprint of the SQL, clock, counters, per-query state layout), then per
+//! windowed query a `u64` length and an Arrow IPC stream of its state batches. The WAL's
+//! checkpoint store keeps these bytes with the WAL position they cover.
+
+use super::plan::{QueryKind, WindowState};
+use super::window::{HopState, SessionState};
+use super::{Engine, EngineError, EngineStats};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow_ipc::reader::StreamReader;
+use arrow_ipc::writer::StreamWriter;
+use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8; 4] = b"LWCK";
+const VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    fingerprint: u64,
+    max_ts: i64,
+    flushed: bool,
+    stats: EngineStats,
+    queries: Vec<QueryState>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum QueryState {
+    PerBatch,
+    Hop {
+        next_start: Option<i64>,
+        /// (bucket start, number of batches), in order.
+        buckets: Vec<(i64, usize)>,
+    },
+    Session {
+        next_close: i64,
+    },
+}
+
+fn bad(m: impl std::fmt::Display) -> EngineError {
+    EngineError::Checkpoint(m.to_string())
+}
+
+fn ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, EngineError> {
+    let mut buf = Vec::new();
+    {
+        let mut w = StreamWriter::try_new(&mut buf, schema)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        for b in batches {
+            w.write(b)
+                .map_err(|e| EngineError::Internal(e.to_string()))?;
+        }
+        w.finish()
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+    }
+    Ok(buf)
+}
+
+fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], EngineError> {
+    if bytes.len() < n {
+        return Err(bad("truncated"));
+    }
+    let (a, b) = bytes.split_at(n);
+    *bytes = b;
+    Ok(a)
+}
+
+fn take_u32(bytes: &mut &[u8]) -> Result<u32, EngineError> {
+    let b = take(bytes, 4)?;
+    Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+fn take_u64(bytes: &mut &[u8]) -> Result<u64, EngineError> {
+    let b = take(bytes, 8)?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    Ok(u64::from_le_bytes(a))
+}
+
+impl Engine {
+    /// Snapshot of the engine's state (clock, counters, window state).
+    pub fn checkpoint(&self) -> Result<Vec<u8>, EngineError> {
+        let mut queries = Vec::new();
+        let mut blobs = Vec::new();
+        for q in &self.queries {
+            match &q.kind {
+                QueryKind::PerBatch(_) => queries.push(QueryState::PerBatch),
+                QueryKind::Windowed(w) => match &w.state {
+                    WindowState::Hop(h) => {
+                        queries.push(QueryState::Hop {
+                            next_start: h.next_start,
+                            buckets: h.buckets.iter().map(|(k, v)| (*k, v.len())).collect(),
+                        });
+                        let all: Vec<RecordBatch> = h.buckets.values().flatten().cloned().collect();
+                        blobs.push(ipc(&w.partial_schema, &all)?);
+                    }
+                    WindowState::Session(s) => {
+                        queries.push(QueryState::Session {
+                            next_close: s.next_close,
+                        });
+                        blobs.push(ipc(&w.agg_in_schema, &s.rows)?);
+                    }
+                },
+            }
+        }
+        let header = Header {
+            fingerprint: self.fingerprint,
+            max_ts: self.clock.max_ts,
+            flushed: self.clock.flushed,
+            stats: self.stats.clone(),
+            queries,
+        };
+        let json = serde_json::to_vec(&header).map_err(|e| EngineError::Internal(e.to_string()))?;
+        let mut out =
+            Vec::with_capacity(16 + json.len() + blobs.iter().map(Vec::len).sum::<usize>());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&u32::try_from(json.len()).map_err(bad)?.to_le_bytes());
+        out.extend_from_slice(&json);
+        for b in blobs {
+            out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+            out.extend_from_slice(&b);
+        }
+        Ok(out)
+    }
+
+    /// Restores a [`Engine::checkpoint`] taken by an engine built from the same SQL.
+    /// State is replaced only when the whole checkpoint is valid.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), EngineError> {
+        let mut rest = bytes;
+        if take(&mut rest, 4)? != MAGIC {
+            return Err(bad("not a LeaseWatch engine checkpoint"));
+        }
+        let v = take_u32(&mut rest)?;
+        if v != VERSION {
+            return Err(bad(format!("format version {v}, expected {VERSION}")));
+        }
+        let n = take_u32(&mut rest)? as usize;
+        let header: Header = serde_json::from_slice(take(&mut rest, n)?).map_err(bad)?;
+        if header.fingerprint != self.fingerprint {
+            return Err(bad(
+                "taken with different SQL files: state cannot be restored",
+            ));
+        }
+        if header.queries.len() != self.queries.len() {
+            return Err(bad("query count differs"));
+        }
+        let mut states = Vec::new();
+        for (qs, q) in header.queries.iter().zip(&self.queries) {
+            let state = match (qs, &q.kind) {
+                (QueryState::PerBatch, QueryKind::PerBatch(_)) => None,
+                (
+                    QueryState::Hop {
+                        next_start,
+                        buckets,
+                    },
+                    QueryKind::Windowed(w),
+                ) => {
+                    let len = take_u64(&mut rest)? as usize;
+                    let mut batches =
+                        read_ipc(take(&mut rest, len)?, &w.partial_schema)?.into_iter();
+                    let mut h = HopState {
+                        buckets: Default::default(),
+                        next_start: *next_start,
+                    };
+                    for (k, count) in buckets {
+                        let v: Vec<RecordBatch> = batches.by_ref().take(*count).collect();
+                        if v.len() != *count {
+                            return Err(bad("window state is shorter than its layout"));
+                        }
+                        h.buckets.insert(*k, v);
+                    }
+                    Some(WindowState::Hop(h))
+                }
+                (QueryState::Session { next_close }, QueryKind::Windowed(w)) => {
+                    let len = take_u64(&mut rest)? as usize;
+                    let rows = read_ipc(take(&mut rest, len)?, &w.agg_in_schema)?;
+                    Some(WindowState::Session(SessionState {
+                        rows,
+                        next_close: *next_close,
+                    }))
+                }
+                _ => return Err(bad("query kinds differ")),
+            };
+            states.push(state);
+        }
+        for (q, s) in self.queries.iter_mut().zip(states) {
+            if let (QueryKind::Windowed(w), Some(s)) = (&mut q.kind, s) {
+                w.state = s;
+            }
+        }
+        self.clock.max_ts = header.max_ts;
+        self.clock.flushed = header.flushed;
+        let mut stats = header.stats;
+        for n in &self.sink_names {
+            stats.rows_out.entry(n.clone()).or_insert(0);
+        }
+        self.stats = stats;
+        Ok(())
+    }
+}
+
+fn read_ipc(bytes: &[u8], schema: &SchemaRef) -> Result<Vec<RecordBatch>, EngineError> {
+    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(bad)?;
+    if reader.schema().fields() != schema.fields() {
+        return Err(bad("window state schema differs from this pipeline's"));
+    }
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(bad)?;
+    // Rebind to the exact schema object the plans expect.
+    batches
+        .into_iter()
+        .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()).map_err(bad))
+        .collect()
+}

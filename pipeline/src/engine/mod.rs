@@ -1,0 +1,727 @@
+//! The streaming engine: event time, watermarks, windows and SQL on DataFusion.
+//!
+//! The engine owns time; DataFusion does the relational work. A pipeline is a folder of
+//! SQL files ([`sql`]): one ping source table (`connector = 'leasewatch'`, with
+//! `WATERMARK FOR`), sinks, views and `INSERT INTO sink SELECT ...` queries. Each query is
+//! compiled once ([`plan`]) into physical plans that read slots ([`slot`]):
+//!
+//! - per-batch queries (filters, projections, UDF calls) run on every ping batch, late
+//!   pings included;
+//! - windowed queries (`tumble`/`hop`/`session` in `GROUP BY`, [`window`]) run their
+//!   pre-window part per batch on on-time pings, keep per-slide partial aggregates (or
+//!   session rows) as state, and emit a window through the `Final` aggregate and the
+//!   post-window part once the watermark passes its end.
+//!
+//! The watermark is `max event time seen - bound` (the source's `WATERMARK FOR`),
+//! evaluated row by row, so results do not depend on how input is cut into batches.
+//! Late pings (event time below the watermark) are counted, still run the per-batch
+//! queries, and go to the configured late sink; they never enter window state.
+
+pub mod checkpoint;
+pub mod plan;
+pub mod slot;
+pub mod sql;
+pub mod window;
+
+use crate::sink::{self, MemorySink, Sink, SinkError};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, TimestampMillisecondArray};
+use arrow::compute::{filter_record_batch, not};
+use arrow::datatypes::SchemaRef;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::{ExecutionPlan, collect};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use leasewatch_schemas::{col, ping_schema};
+use plan::{QueryKind, SourceBinding, WindowState, Windowed};
+use sql::{LoadError, Pos, Program, SqlError, TableKind};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use window::WindowSpec;
+
+/// Who must act on an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    /// The user: SQL, configuration or input data.
+    User,
+    /// An outside system (disk, stdout, Redis): retrying may help.
+    Outside,
+    /// A bug in LeaseWatch.
+    Internal,
+}
+
+/// Engine errors, split by who must act ([`EngineError::blame`]).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The SQL is wrong or uses something the embedded engine does not support.
+    #[error("SQL: {0}")]
+    Sql(#[from] SqlError),
+    /// The SQL folder could not be read.
+    #[error("{0}")]
+    Load(LoadError),
+    /// A query failed on the data (e.g. a UDF rejected a value).
+    #[error("query at {pos}: {message}")]
+    Query {
+        /// The query.
+        pos: Pos,
+        /// DataFusion's message.
+        message: String,
+    },
+    /// A checkpoint that does not fit this pipeline (other SQL, corrupt bytes).
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// A sink failed.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// A bug.
+    #[error("internal error (please report): {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// Who must act.
+    pub fn blame(&self) -> Blame {
+        match self {
+            Self::Sql(_) | Self::Query { .. } | Self::Checkpoint(_) => Blame::User,
+            Self::Load(LoadError::Io { .. }) | Self::Sink(_) => Blame::Outside,
+            Self::Load(_) => Blame::User,
+            Self::Internal(_) => Blame::Internal,
+        }
+    }
+}
+
+impl From<LoadError> for EngineError {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::Sql(s) => Self::Sql(s),
+            e => Self::Load(e),
+        }
+    }
+}
+
+/// How to build an engine.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Replace every sink by an in-memory capture (tests, golden files).
+    pub capture_sinks: bool,
+    /// Sink table that receives late pings (source rows), if any.
+    pub late_sink: Option<String>,
+    /// GeoJSON geofence file for `geofence_match` / `geofence_kind`.
+    pub geofences: Option<std::path::PathBuf>,
+}
+
+/// Counters and gauges of an engine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EngineStats {
+    /// Pings processed.
+    pub pings_in: u64,
+    /// Pings that arrived behind the watermark.
+    pub late: u64,
+    /// Rows written per sink table.
+    pub rows_out: BTreeMap<String, u64>,
+    /// Windows emitted (per query and window).
+    pub windows_emitted: u64,
+}
+
+/// The event-time clock: watermark = max event time seen - bound.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    bound_ms: i64,
+    max_ts: i64,
+    flushed: bool,
+}
+
+impl Clock {
+    fn watermark(&self) -> i64 {
+        if self.flushed {
+            i64::MAX
+        } else if self.max_ts == i64::MIN {
+            i64::MIN
+        } else {
+            self.max_ts.saturating_sub(self.bound_ms)
+        }
+    }
+
+    /// Marks late rows (event time below the running watermark) and advances.
+    fn observe(&mut self, ts: &TimestampMillisecondArray) -> (BooleanArray, u64) {
+        let mut late = 0u64;
+        let mut max = self.max_ts;
+        let bound = self.bound_ms;
+        let mask: BooleanArray = ts
+            .values()
+            .iter()
+            .map(|&t| {
+                let wm = if max == i64::MIN {
+                    i64::MIN
+                } else {
+                    max.saturating_sub(bound)
+                };
+                let is_late = t < wm;
+                late += u64::from(is_late);
+                max = max.max(t);
+                Some(is_late)
+            })
+            .collect();
+        self.max_ts = max;
+        (mask, late)
+    }
+}
+
+/// One compiled pipeline with its state.
+pub struct Engine {
+    ctx: SessionContext,
+    task: Arc<TaskContext>,
+    source: Option<SourceBinding>,
+    queries: Vec<plan::Query>,
+    sink_names: Vec<String>,
+    sinks: Vec<Box<dyn Sink>>,
+    captures: BTreeMap<String, MemorySink>,
+    late_sink: Option<usize>,
+    clock: Clock,
+    stats: EngineStats,
+    fingerprint: u64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("source", &self.source.as_ref().map(|s| &s.name))
+            .field("queries", &self.queries.len())
+            .field("sinks", &self.sink_names)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+/// Compaction threshold: a slide bucket with more partial-state batches than this is
+/// reduced to one (DataFusion `PartialReduce`), bounding state and final-merge work.
+const COMPACT_AT: usize = 16;
+
+impl Engine {
+    /// Builds the pipeline of every `.sql` file in `dir` (sorted by name).
+    pub async fn from_dir(dir: &Path, options: &EngineOptions) -> Result<Self, EngineError> {
+        let files = read_sql_files(dir)?;
+        Self::from_files(&files, options).await
+    }
+
+    /// Builds the pipeline of `(file name, SQL text)` files, in order.
+    pub async fn from_files(
+        files: &[(String, String)],
+        options: &EngineOptions,
+    ) -> Result<Self, EngineError> {
+        let program = sql::parse_files(files)?;
+        let fingerprint = fnv1a(files.iter().flat_map(|(n, t)| [n.as_bytes(), t.as_bytes()]));
+        Self::from_program(&program, options, fingerprint).await
+    }
+
+    async fn from_program(
+        program: &Program,
+        options: &EngineOptions,
+        fingerprint: u64,
+    ) -> Result<Self, EngineError> {
+        let config = SessionConfig::new()
+            .with_target_partitions(1)
+            .with_batch_size(8192)
+            .with_information_schema(false);
+        let ctx = SessionContext::new_with_config(config);
+        for udf in window::window_udfs() {
+            ctx.register_udf(udf);
+        }
+        let geofences = match &options.geofences {
+            Some(path) => Some(Arc::new(leasewatch_udfs::load_geofences(path).map_err(
+                |e| {
+                    EngineError::Sql(SqlError::new(
+                        &Pos {
+                            file: Arc::from("config"),
+                            line: 0,
+                            column: 0,
+                        },
+                        "engine.geofences",
+                        e.to_string(),
+                    ))
+                },
+            )?)),
+            None => None,
+        };
+        let functions = leasewatch_udfs::datafusion::functions(geofences);
+        for udf in &functions.scalar {
+            ctx.register_udf(udf.as_ref().clone());
+        }
+        for udaf in &functions.aggregate {
+            ctx.register_udaf(udaf.as_ref().clone());
+        }
+        let source = plan::bind_tables(&ctx, program)?;
+        for v in &program.views {
+            ctx.sql(&v.sql).await.map_err(|e| {
+                EngineError::Sql(SqlError::new(
+                    &v.pos,
+                    format!("CREATE VIEW {}", v.name),
+                    e.to_string(),
+                ))
+            })?;
+        }
+        let mut sink_names: Vec<String> = Vec::new();
+        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        let mut captures = BTreeMap::new();
+        let mut sink_index = |name: &str, pos: &Pos| -> Result<usize, EngineError> {
+            let t = program.table(name).filter(|t| t.kind == TableKind::Sink).ok_or_else(|| {
+                EngineError::Sql(SqlError::new(
+                    pos,
+                    format!("sink {name}"),
+                    "no such sink table (declare it with CREATE TABLE ... WITH (connector = 'blackhole' | 'stdout' | 'filesystem'))",
+                ))
+            })?;
+            if let Some(i) = sink_names.iter().position(|n| n == &t.name) {
+                return Ok(i);
+            }
+            let s: Box<dyn Sink> = if options.capture_sinks {
+                let m = MemorySink::default();
+                captures.insert(t.name.clone(), m.clone());
+                Box::new(m)
+            } else {
+                sink::open(t)?
+            };
+            sink_names.push(t.name.clone());
+            sinks.push(s);
+            Ok(sink_names.len() - 1)
+        };
+        let mut queries = Vec::new();
+        for (qn, ins) in program.inserts.iter().enumerate() {
+            let sink = sink_index(&ins.sink, &ins.pos)?;
+            queries
+                .push(plan::compile_insert(&ctx, program, source.as_ref(), ins, sink, qn).await?);
+        }
+        let late_sink = match &options.late_sink {
+            Some(name) => {
+                let pos = Pos {
+                    file: Arc::from("config"),
+                    line: 0,
+                    column: 0,
+                };
+                Some(sink_index(name, &pos)?)
+            }
+            None => None,
+        };
+        let mut stats = EngineStats::default();
+        for n in &sink_names {
+            stats.rows_out.insert(n.clone(), 0);
+        }
+        let bound_ms = source.as_ref().map_or(0, |s| s.bound_ms);
+        Ok(Self {
+            task: ctx.task_ctx(),
+            ctx,
+            source,
+            queries,
+            sink_names,
+            sinks,
+            captures,
+            late_sink,
+            clock: Clock {
+                bound_ms,
+                max_ts: i64::MIN,
+                flushed: false,
+            },
+            stats,
+            fingerprint,
+        })
+    }
+
+    /// The DataFusion context (UDFs, views), e.g. to plan ad-hoc queries in tests.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Current watermark (ms), `None` before the first ping.
+    pub fn watermark(&self) -> Option<i64> {
+        let wm = self.clock.watermark();
+        (wm != i64::MIN).then_some(wm)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Rows and bytes held as window state.
+    pub fn state_size(&self) -> (usize, usize) {
+        self.queries
+            .iter()
+            .filter_map(|q| match &q.kind {
+                QueryKind::Windowed(w) => Some(match &w.state {
+                    WindowState::Hop(h) => h.size(),
+                    WindowState::Session(s) => s.size(),
+                }),
+                QueryKind::PerBatch(_) => None,
+            })
+            .fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2))
+    }
+
+    /// Rows captured for `sink` so far (only with [`EngineOptions::capture_sinks`]),
+    /// taken out of the capture.
+    pub fn take_captured(&self, sink: &str) -> Vec<RecordBatch> {
+        self.captures
+            .get(sink)
+            .map(MemorySink::take)
+            .unwrap_or_default()
+    }
+
+    /// Names of the sinks in use.
+    pub fn sink_names(&self) -> &[String] {
+        &self.sink_names
+    }
+
+    /// Processes one batch of valid pings (schema: `ping_schema()`).
+    pub async fn process(&mut self, pings: &RecordBatch) -> Result<(), EngineError> {
+        if pings.num_rows() == 0 {
+            return Ok(());
+        }
+        let Some(source) = self.source.as_ref() else {
+            self.stats.pings_in += pings.num_rows() as u64;
+            return Ok(());
+        };
+        if pings.schema().fields() != ping_schema().fields() {
+            return Err(EngineError::Internal(
+                "engine input must have the ping schema (ping_schema())".into(),
+            ));
+        }
+        let ts = pings
+            .column(col::EVENT_TIME)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .ok_or_else(|| EngineError::Internal("event_time is not a ms timestamp".into()))?;
+        let (late_mask, n_late) = if self.clock.flushed {
+            let n = pings.num_rows();
+            (BooleanArray::from(vec![true; n]), n as u64)
+        } else {
+            self.clock.observe(ts)
+        };
+        self.stats.pings_in += pings.num_rows() as u64;
+        self.stats.late += n_late;
+        let batch = pings
+            .project(&source.projection)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let slot = source.slot.clone();
+
+        // Per-batch queries see every ping, late ones included.
+        slot.set(vec![batch.clone()]);
+        for q in &self.queries {
+            if let QueryKind::PerBatch(p) = &q.kind {
+                let out = run(p, &self.task, &q.pos).await?;
+                emit(
+                    &mut self.sinks,
+                    &self.sink_names,
+                    &mut self.stats,
+                    q.sink,
+                    q.sink_schema.as_ref(),
+                    &out,
+                )?;
+            }
+        }
+        let ontime = if n_late > 0 {
+            if let Some(ls) = self.late_sink {
+                let late = filter_record_batch(&batch, &late_mask).map_err(internal)?;
+                emit(
+                    &mut self.sinks,
+                    &self.sink_names,
+                    &mut self.stats,
+                    ls,
+                    None,
+                    &[late],
+                )?;
+            }
+            let keep = not(&late_mask).map_err(internal)?;
+            filter_record_batch(&batch, &keep).map_err(internal)?
+        } else {
+            batch
+        };
+        if ontime.num_rows() > 0
+            && self
+                .queries
+                .iter()
+                .any(|q| matches!(q.kind, QueryKind::Windowed(_)))
+        {
+            slot.set(vec![ontime]);
+            for q in &mut self.queries {
+                if let QueryKind::Windowed(w) = &mut q.kind {
+                    accumulate(w, &self.task, &q.pos).await?;
+                }
+            }
+        }
+        slot.clear();
+        self.advance().await
+    }
+
+    /// End of input: the watermark jumps to +infinity, every open window is emitted,
+    /// sinks are flushed. Later pings count as late.
+    pub async fn finish(&mut self) -> Result<(), EngineError> {
+        self.clock.flushed = true;
+        self.advance().await?;
+        self.flush()
+    }
+
+    /// Flushes every sink.
+    pub fn flush(&mut self) -> Result<(), EngineError> {
+        for s in &mut self.sinks {
+            s.flush()?;
+        }
+        Ok(())
+    }
+
+    async fn advance(&mut self) -> Result<(), EngineError> {
+        let wm = self.clock.watermark();
+        if wm == i64::MIN {
+            return Ok(());
+        }
+        for q in &mut self.queries {
+            let QueryKind::Windowed(w) = &mut q.kind else {
+                continue;
+            };
+            let (out, windows) = emit_due(w, wm, &self.task, &q.pos).await?;
+            self.stats.windows_emitted += windows;
+            emit(
+                &mut self.sinks,
+                &self.sink_names,
+                &mut self.stats,
+                q.sink,
+                q.sink_schema.as_ref(),
+                &out,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Internal(e.to_string())
+}
+
+async fn run(
+    plan: &Arc<dyn ExecutionPlan>,
+    task: &Arc<TaskContext>,
+    pos: &Pos,
+) -> Result<Vec<RecordBatch>, EngineError> {
+    collect(plan.clone(), task.clone())
+        .await
+        .map_err(|e| EngineError::Query {
+            pos: pos.clone(),
+            message: e.to_string(),
+        })
+}
+
+/// Runs the pre-window plan on the on-time batch in the source slot and files the
+/// result as window state.
+async fn accumulate(
+    w: &mut Windowed,
+    task: &Arc<TaskContext>,
+    pos: &Pos,
+) -> Result<(), EngineError> {
+    let pre = run(&w.pre, task, pos).await?;
+    let mut with_window = Vec::with_capacity(pre.len());
+    for b in pre.into_iter().filter(|b| b.num_rows() > 0) {
+        let ts = window::ts_values(b.column(w.ts_index).as_ref()).map_err(internal)?;
+        let (starts, ends): (Vec<i64>, Vec<i64>) = match w.spec {
+            WindowSpec::Hop { slide_ms, .. } => ts
+                .iter()
+                .map(|t| {
+                    let s = t.div_euclid(slide_ms) * slide_ms;
+                    (s, s.saturating_add(slide_ms))
+                })
+                .unzip(),
+            WindowSpec::Session { .. } => ts.iter().map(|t| (*t, *t)).unzip(),
+        };
+        let min_ts = ts.iter().copied().min().unwrap_or(i64::MAX);
+        let mut cols = b.columns().to_vec();
+        cols.push(window::window_array(starts, ends));
+        let rb = RecordBatch::try_new(w.agg_in_schema.clone(), cols).map_err(internal)?;
+        with_window.push((rb, min_ts));
+    }
+    match (&mut w.state, w.spec) {
+        (WindowState::Hop(h), _) => {
+            if with_window.is_empty() {
+                return Ok(());
+            }
+            w.agg_in_slot
+                .set(with_window.into_iter().map(|(b, _)| b).collect());
+            let partial = run(&w.partial, task, pos).await;
+            w.agg_in_slot.clear();
+            for p in partial? {
+                h.insert(&p, w.window_index).map_err(internal)?;
+            }
+            let big: Vec<i64> = h
+                .buckets
+                .iter()
+                .filter(|(_, v)| v.len() > COMPACT_AT)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in big {
+                if let Some(batches) = h.buckets.remove(&k) {
+                    w.final_slot.set(batches);
+                    let reduced = run(&w.reduce, task, pos).await;
+                    w.final_slot.clear();
+                    h.buckets.insert(k, reduced?);
+                }
+            }
+        }
+        (WindowState::Session(s), WindowSpec::Session { gap_ms }) => {
+            for (b, min_ts) in with_window {
+                s.insert(b, min_ts, gap_ms);
+            }
+        }
+        (WindowState::Session(_), WindowSpec::Hop { .. }) => {
+            return Err(EngineError::Internal(
+                "session state on a hop window".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Emits every window the watermark has passed: `(rows, windows emitted)`.
+async fn emit_due(
+    w: &mut Windowed,
+    wm: i64,
+    task: &Arc<TaskContext>,
+    pos: &Pos,
+) -> Result<(Vec<RecordBatch>, u64), EngineError> {
+    let (final_in, windows) = match (&mut w.state, w.spec) {
+        (WindowState::Hop(h), WindowSpec::Hop { slide_ms, width_ms }) => {
+            let due = h.due(wm, slide_ms, width_ms);
+            if due.is_empty() {
+                return Ok((vec![], 0));
+            }
+            let n = due.len() as u64;
+            let mut batches = Vec::new();
+            for (start, parts) in due {
+                for p in parts {
+                    let rows = p.num_rows();
+                    let col = window::window_array(
+                        vec![start; rows],
+                        vec![start.saturating_add(width_ms); rows],
+                    );
+                    batches.push(window::with_column(&p, w.window_index, col).map_err(internal)?);
+                }
+            }
+            (batches, n)
+        }
+        (WindowState::Session(s), WindowSpec::Session { gap_ms }) => {
+            let window_col = w.agg_in_schema.fields().len() - 1;
+            let Some(rows) = s
+                .due(wm, gap_ms, w.ts_index, window_col, &w.keys)
+                .map_err(internal)?
+            else {
+                return Ok((vec![], 0));
+            };
+            w.agg_in_slot.set(vec![rows]);
+            let partial = run(&w.partial, task, pos).await;
+            w.agg_in_slot.clear();
+            (partial?, 1)
+        }
+        _ => {
+            return Err(EngineError::Internal(
+                "window state does not match its spec".into(),
+            ));
+        }
+    };
+    w.final_slot.set(final_in);
+    let finals = run(&w.final_agg, task, pos).await;
+    w.final_slot.clear();
+    let mut renamed = Vec::new();
+    for b in finals? {
+        if b.num_rows() > 0 {
+            renamed.push(
+                RecordBatch::try_new(w.post_schema.clone(), b.columns().to_vec())
+                    .map_err(internal)?,
+            );
+        }
+    }
+    if renamed.is_empty() {
+        return Ok((vec![], windows));
+    }
+    w.post_slot.set(renamed);
+    let out = run(&w.post, task, pos).await;
+    w.post_slot.clear();
+    Ok((out?, windows))
+}
+
+/// Writes query output to its sink, renamed/cast to the sink's declared columns.
+fn emit(
+    sinks: &mut [Box<dyn Sink>],
+    names: &[String],
+    stats: &mut EngineStats,
+    sink: usize,
+    schema: Option<&SchemaRef>,
+    batches: &[RecordBatch],
+) -> Result<(), EngineError> {
+    let (Some(s), Some(name)) = (sinks.get_mut(sink), names.get(sink)) else {
+        return Err(EngineError::Internal(format!("no sink #{sink}")));
+    };
+    for b in batches {
+        if b.num_rows() == 0 {
+            continue;
+        }
+        let b = match schema {
+            Some(schema) => {
+                let cols: Vec<ArrayRef> = b
+                    .columns()
+                    .iter()
+                    .zip(schema.fields())
+                    .map(|(c, f)| {
+                        if c.data_type() == f.data_type() {
+                            Ok(c.clone())
+                        } else {
+                            arrow::compute::cast(c, f.data_type())
+                        }
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(internal)?;
+                RecordBatch::try_new(schema.clone(), cols).map_err(internal)?
+            }
+            None => b.clone(),
+        };
+        s.write(&b)?;
+        *stats.rows_out.entry(name.clone()).or_default() += b.num_rows() as u64;
+    }
+    Ok(())
+}
+
+fn read_sql_files(dir: &Path) -> Result<Vec<(String, String)>, EngineError> {
+    let io = |path: &Path, source| {
+        EngineError::Load(LoadError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "sql") && p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(EngineError::Load(LoadError::Empty(
+            dir.display().to_string(),
+        )));
+    }
+    files
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(f).map_err(|e| io(f, e))?;
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok((name, text))
+        })
+        .collect()
+}
+
+/// FNV-1a over byte slices: a stable fingerprint of the SQL a checkpoint belongs to.
+fn fnv1a<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in p.iter().chain(std::iter::once(&0u8)) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}

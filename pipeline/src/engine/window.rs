@@ -1,0 +1,438 @@
+//! Window functions (`tumble`, `hop`, `session` in `GROUP BY`) and window state.
+//!
+//! The functions only mark the window in a query: the planner replaces them by a
+//! `window` struct column `{start, end}` (timestamps, ms, UTC) that the engine fills in.
+//! Hop/tumble state is per-slide partial aggregates (DataFusion `AggregateMode::Partial`
+//! output) keyed by slide bucket; a window is emitted by feeding the partials of its
+//! buckets to the `Final` aggregate. Session state is the windowed query's input rows,
+//! sessionized per key when the watermark may have closed one.
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, RecordBatch, StructArray, TimestampMillisecondArray, UInt32Array,
+};
+use arrow::compute::{filter_record_batch, take_record_batch};
+use arrow::datatypes::{DataType, Field, Fields, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, SortField};
+use datafusion::common::{Result as DfResult, ScalarValue, exec_err};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use datafusion::physical_expr::PhysicalExpr;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Names of the window functions.
+pub const WINDOW_FUNCTIONS: [&str; 3] = ["tumble", "hop", "session"];
+
+/// Arroyo caps session gaps at 24 h; so do we, so a pipeline moves unchanged.
+pub const MAX_SESSION_GAP_MS: i64 = 24 * 3_600_000;
+
+/// The type of the `window` column: `struct<start: timestamp, end: timestamp>`.
+pub fn window_type() -> DataType {
+    let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    DataType::Struct(Fields::from(vec![
+        Field::new("start", ts.clone(), false),
+        Field::new("end", ts, false),
+    ]))
+}
+
+/// Builds a `window` column from starts and ends (ms).
+pub fn window_array(starts: Vec<i64>, ends: Vec<i64>) -> ArrayRef {
+    let fields = match window_type() {
+        DataType::Struct(f) => f,
+        _ => Fields::empty(),
+    };
+    let s: ArrayRef = Arc::new(TimestampMillisecondArray::from(starts).with_timezone("UTC"));
+    let e: ArrayRef = Arc::new(TimestampMillisecondArray::from(ends).with_timezone("UTC"));
+    Arc::new(StructArray::new(fields, vec![s, e], None))
+}
+
+/// A window function as a DataFusion UDF: plans as `window_type()`, never executes.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct WindowUdf {
+    name: &'static str,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for WindowUdf {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(window_type())
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        exec_err!(
+            "{}() is only valid in the GROUP BY of a windowed aggregate (e.g. GROUP BY {}(...), device_id)",
+            self.name,
+            self.name
+        )
+    }
+}
+
+/// The UDFs `tumble(width)`, `hop(slide, width)`, `session(gap)`.
+pub fn window_udfs() -> Vec<ScalarUDF> {
+    // Volatile: keeps the optimizer from constant-folding the call away.
+    vec![
+        ScalarUDF::new_from_impl(WindowUdf {
+            name: "tumble",
+            signature: Signature::variadic_any(Volatility::Volatile),
+        }),
+        ScalarUDF::new_from_impl(WindowUdf {
+            name: "hop",
+            signature: Signature::variadic_any(Volatility::Volatile),
+        }),
+        ScalarUDF::new_from_impl(WindowUdf {
+            name: "session",
+            signature: Signature::variadic_any(Volatility::Volatile),
+        }),
+    ]
+}
+
+/// A window, as declared in the query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSpec {
+    /// Sliding window of `width` every `slide` (tumble: `slide == width`).
+    Hop {
+        /// Slide, ms.
+        slide_ms: i64,
+        /// Width, ms (a multiple of the slide).
+        width_ms: i64,
+    },
+    /// Session window closing after `gap` without events for its key.
+    Session {
+        /// Gap, ms.
+        gap_ms: i64,
+    },
+}
+
+/// When `expr` is a window function call, its spec (or why its arguments are wrong).
+pub fn window_spec(expr: &Expr) -> Option<Result<WindowSpec, String>> {
+    let Expr::ScalarFunction(f) = expr else {
+        return None;
+    };
+    let name = f.func.name();
+    if !WINDOW_FUNCTIONS.contains(&name) {
+        return None;
+    }
+    // The planner appends the event-time column as a last argument (a column).
+    let args = match f.args.last() {
+        Some(Expr::Column(_)) => &f.args[..f.args.len() - 1],
+        _ => &f.args[..],
+    };
+    let ms: Vec<Option<i64>> = args.iter().map(interval_ms).collect();
+    let positive = |v: Option<i64>| v.filter(|v| *v > 0);
+    Some(match (name, ms.as_slice()) {
+        ("tumble", [w]) => positive(*w)
+            .map(|w| WindowSpec::Hop {
+                slide_ms: w,
+                width_ms: w,
+            })
+            .ok_or_else(|| "tumble(width) needs a positive interval without months".to_string()),
+        ("hop", [s, w]) => match (positive(*s), positive(*w)) {
+            (Some(s), Some(w)) if w % s == 0 => Ok(WindowSpec::Hop {
+                slide_ms: s,
+                width_ms: w,
+            }),
+            (Some(_), Some(_)) => {
+                Err("hop(slide, width): width must be a multiple of slide".into())
+            }
+            _ => Err("hop(slide, width) needs positive intervals without months".into()),
+        },
+        ("session", [g]) => match positive(*g) {
+            Some(g) if g <= MAX_SESSION_GAP_MS => Ok(WindowSpec::Session { gap_ms: g }),
+            Some(_) => Err("session(gap): the gap is capped at 24 hours (as in Arroyo)".into()),
+            None => Err("session(gap) needs a positive interval without months".into()),
+        },
+        _ => Err(format!("{name}() has the wrong number of arguments")),
+    })
+}
+
+fn interval_ms(e: &Expr) -> Option<i64> {
+    match e {
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) if v.months == 0 => {
+            Some(i64::from(v.days) * 86_400_000 + v.nanoseconds / 1_000_000)
+        }
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => {
+            Some(i64::from(v.days) * 86_400_000 + i64::from(v.milliseconds))
+        }
+        Expr::Cast(c) => interval_ms(&c.expr),
+        Expr::TryCast(c) => interval_ms(&c.expr),
+        _ => None,
+    }
+}
+
+/// Replaces column `idx` of `batch` by `col`.
+pub fn with_column(
+    batch: &RecordBatch,
+    idx: usize,
+    col: ArrayRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let mut cols = batch.columns().to_vec();
+    if let Some(c) = cols.get_mut(idx) {
+        *c = col;
+    }
+    RecordBatch::try_new(batch.schema(), cols)
+}
+
+/// Start values (ms) of a `window` struct column.
+pub fn window_starts(col: &dyn Array) -> Option<&TimestampMillisecondArray> {
+    col.as_any()
+        .downcast_ref::<StructArray>()?
+        .column(0)
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+}
+
+/// Per-slide partial aggregates of a hop/tumble window.
+#[derive(Debug, Default)]
+pub struct HopState {
+    /// Partial-state batches per slide bucket start (ms).
+    pub buckets: BTreeMap<i64, Vec<RecordBatch>>,
+    /// Start of the next window that may be emitted.
+    pub next_start: Option<i64>,
+}
+
+impl HopState {
+    /// Files partial-state rows by bucket (the start of their `window` column).
+    pub fn insert(&mut self, partial: &RecordBatch, window_col: usize) -> Result<(), String> {
+        if partial.num_rows() == 0 {
+            return Ok(());
+        }
+        let starts = partial
+            .columns()
+            .get(window_col)
+            .and_then(|c| window_starts(c.as_ref()))
+            .ok_or("partial state has no window column")?;
+        let first = starts.value(0);
+        if starts.values().iter().all(|v| *v == first) {
+            self.buckets.entry(first).or_default().push(partial.clone());
+            return Ok(());
+        }
+        let mut distinct: Vec<i64> = starts.values().to_vec();
+        distinct.sort_unstable();
+        distinct.dedup();
+        for b in distinct {
+            let mask: BooleanArray = starts.values().iter().map(|v| Some(*v == b)).collect();
+            let part = filter_record_batch(partial, &mask).map_err(|e| e.to_string())?;
+            self.buckets.entry(b).or_default().push(part);
+        }
+        Ok(())
+    }
+
+    /// Windows whose end is at or before `watermark`: `(start, partial batches)`, oldest
+    /// first. Buckets no later window needs are dropped.
+    pub fn due(&mut self, watermark: i64, slide: i64, width: i64) -> Vec<(i64, Vec<RecordBatch>)> {
+        let mut out = Vec::new();
+        while let Some(&b0) = self.buckets.keys().next() {
+            let earliest = b0.saturating_sub(width).saturating_add(slide);
+            let s = self.next_start.map_or(earliest, |n| n.max(earliest));
+            let Some(end) = s.checked_add(width) else {
+                break;
+            };
+            if end > watermark {
+                break;
+            }
+            let batches: Vec<RecordBatch> = self
+                .buckets
+                .range(s..end)
+                .flat_map(|(_, v)| v.iter().cloned())
+                .collect();
+            if !batches.is_empty() {
+                out.push((s, batches));
+            }
+            let next = s.saturating_add(slide);
+            self.next_start = Some(next);
+            let keep = self.buckets.split_off(&next);
+            self.buckets = keep;
+        }
+        out
+    }
+
+    /// Rows and bytes held.
+    pub fn size(&self) -> (usize, usize) {
+        self.buckets
+            .values()
+            .flatten()
+            .fold((0, 0), |(r, b), batch| {
+                (r + batch.num_rows(), b + batch.get_array_memory_size())
+            })
+    }
+}
+
+/// Rows of a session-windowed query, waiting for their sessions to close.
+#[derive(Debug)]
+pub struct SessionState {
+    /// Buffered rows (schema: the aggregate input, `window` column last).
+    pub rows: Vec<RecordBatch>,
+    /// No session can close before this watermark.
+    pub next_close: i64,
+}
+
+impl Default for SessionState {
+    fn default() -> Self {
+        Self {
+            rows: Vec::new(),
+            next_close: i64::MAX,
+        }
+    }
+}
+
+impl SessionState {
+    /// Buffers rows whose event times (ms) are `ts`.
+    pub fn insert(&mut self, batch: RecordBatch, min_ts: i64, gap: i64) {
+        if batch.num_rows() == 0 {
+            return;
+        }
+        self.next_close = self.next_close.min(min_ts.saturating_add(gap));
+        self.rows.push(batch);
+    }
+
+    /// Rows of the sessions closed at `watermark`, their `window` column filled in
+    /// (column `window_col`), or `None` when none closed.
+    pub fn due(
+        &mut self,
+        watermark: i64,
+        gap: i64,
+        ts_col: usize,
+        window_col: usize,
+        keys: &[Arc<dyn PhysicalExpr>],
+    ) -> Result<Option<RecordBatch>, String> {
+        if watermark < self.next_close || self.rows.is_empty() {
+            return Ok(None);
+        }
+        let schema: SchemaRef = self.rows[0].schema();
+        let all = arrow::compute::concat_batches(&schema, &self.rows).map_err(|e| e.to_string())?;
+        let ts = ts_values(all.column(ts_col).as_ref())?;
+        let key_cols: Vec<ArrayRef> = keys
+            .iter()
+            .map(|k| k.evaluate(&all).and_then(|v| v.into_array(all.num_rows())))
+            .collect::<DfResult<_>>()
+            .map_err(|e| e.to_string())?;
+        let converter = RowConverter::new(
+            key_cols
+                .iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect(),
+        )
+        .map_err(|e| e.to_string())?;
+        let rows = converter
+            .convert_columns(&key_cols)
+            .map_err(|e| e.to_string())?;
+        let n = all.num_rows();
+        let mut idx: Vec<u32> = (0..n as u32).collect();
+        idx.sort_unstable_by(|&a, &b| {
+            rows.row(a as usize)
+                .cmp(&rows.row(b as usize))
+                .then(ts[a as usize].cmp(&ts[b as usize]))
+        });
+        let (mut closed, mut starts, mut ends, mut open) = (vec![], vec![], vec![], vec![]);
+        let mut next_close = i64::MAX;
+        let mut i = 0;
+        while i < n {
+            // one session: idx[i..j]
+            let first = idx[i] as usize;
+            let mut last_ts = ts[first];
+            let mut j = i + 1;
+            while j < n {
+                let r = idx[j] as usize;
+                if rows.row(r) != rows.row(first) || ts[r] >= last_ts.saturating_add(gap) {
+                    break;
+                }
+                last_ts = ts[r];
+                j += 1;
+            }
+            let end = last_ts.saturating_add(gap);
+            if end <= watermark {
+                for &r in &idx[i..j] {
+                    closed.push(r);
+                    starts.push(ts[first]);
+                    ends.push(end);
+                }
+            } else {
+                open.extend_from_slice(&idx[i..j]);
+                next_close = next_close.min(end);
+            }
+            i = j;
+        }
+        self.next_close = next_close;
+        let keep = take_record_batch(&all, &UInt32Array::from(open)).map_err(|e| e.to_string())?;
+        self.rows = if keep.num_rows() > 0 {
+            vec![keep]
+        } else {
+            vec![]
+        };
+        if closed.is_empty() {
+            return Ok(None);
+        }
+        let done =
+            take_record_batch(&all, &UInt32Array::from(closed)).map_err(|e| e.to_string())?;
+        let done = with_column(&done, window_col, window_array(starts, ends))
+            .map_err(|e| e.to_string())?;
+        Ok(Some(done))
+    }
+
+    /// Rows and bytes held.
+    pub fn size(&self) -> (usize, usize) {
+        self.rows.iter().fold((0, 0), |(r, b), batch| {
+            (r + batch.num_rows(), b + batch.get_array_memory_size())
+        })
+    }
+}
+
+/// Event-time values (ms) of a timestamp column of any unit.
+pub fn ts_values(col: &dyn Array) -> Result<Vec<i64>, String> {
+    let ms = arrow::compute::cast(
+        col,
+        &DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+    )
+    .map_err(|e| e.to_string())?;
+    let a = ms
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .ok_or("event time is not a timestamp")?;
+    Ok(a.values().to_vec())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::Schema;
+
+    fn partial(starts: &[i64]) -> RecordBatch {
+        let ends: Vec<i64> = starts.iter().map(|s| s + 60_000).collect();
+        let w = window_array(starts.to_vec(), ends);
+        let schema = Arc::new(Schema::new(vec![Field::new("w", window_type(), false)]));
+        RecordBatch::try_new(schema, vec![w]).unwrap()
+    }
+
+    #[test]
+    fn hop_emits_each_window_once_with_its_buckets() {
+        let mut h = HopState::default();
+        let (slide, width) = (60_000, 180_000);
+        h.insert(&partial(&[0, 60_000, 60_000, 240_000]), 0)
+            .unwrap();
+        assert_eq!(h.buckets.len(), 3);
+        // window [-120000, 60000) ends at 60000
+        let due = h.due(60_000, slide, width);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0, -120_000);
+        let due = h.due(i64::MAX, slide, width);
+        let starts: Vec<i64> = due.iter().map(|d| d.0).collect();
+        // windows containing bucket 0, 60000 or 240000
+        assert_eq!(starts, vec![-60_000, 0, 60_000, 120_000, 180_000, 240_000]);
+        let rows: Vec<usize> = due
+            .iter()
+            .map(|d| d.1.iter().map(|b| b.num_rows()).sum())
+            .collect();
+        assert_eq!(rows, vec![3, 3, 2, 1, 1, 1]);
+        assert!(h.buckets.is_empty());
+    }
+}

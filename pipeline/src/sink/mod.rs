@@ -1,0 +1,221 @@
+//! Sinks: where `INSERT INTO` rows go (`blackhole`, `stdout`, `filesystem`).
+//!
+//! Declared in SQL as `CREATE TABLE name (...) WITH (connector = '...', ...)`.
+//! `filesystem` takes `path` (a directory: the sink writes `<path>/<table>.jsonl`, or
+//! `<table>.parquet` with `format = 'parquet'`; a path ending in `.jsonl`/`.json`/
+//! `.parquet` is used as the file itself).
+
+pub mod redis;
+
+use crate::engine::sql::{OptionValue, TableDef};
+use arrow::array::RecordBatch;
+use std::fmt;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// A sink failed: the outside system (disk, stdout) is to blame; retrying may help.
+#[derive(Debug, thiserror::Error)]
+#[error("sink {sink}: {message}")]
+pub struct SinkError {
+    /// Sink table.
+    pub sink: String,
+    /// What failed.
+    pub message: String,
+}
+
+/// Writes result batches somewhere.
+pub trait Sink: Send + fmt::Debug {
+    /// Writes one batch.
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError>;
+    /// Makes everything written so far durable/visible.
+    fn flush(&mut self) -> Result<(), SinkError>;
+}
+
+/// Discards rows (counting happens in the engine).
+#[derive(Debug, Default)]
+pub struct Blackhole;
+
+impl Sink for Blackhole {
+    fn write(&mut self, _batch: &RecordBatch) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Keeps rows in memory (tests, golden files).
+#[derive(Debug, Clone, Default)]
+pub struct MemorySink(pub Arc<Mutex<Vec<RecordBatch>>>);
+
+impl MemorySink {
+    /// Takes the rows written so far.
+    pub fn take(&self) -> Vec<RecordBatch> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Sink for MemorySink {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(batch.clone());
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// NDJSON lines to any writer (stdout, a file).
+pub struct JsonLines<W: Write + Send> {
+    name: String,
+    writer: arrow_json::LineDelimitedWriter<W>,
+}
+
+impl<W: Write + Send> fmt::Debug for JsonLines<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonLines")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl<W: Write + Send> JsonLines<W> {
+    /// Writes to `w` on behalf of sink `name`.
+    pub fn new(name: &str, w: W) -> Self {
+        Self {
+            name: name.to_string(),
+            writer: arrow_json::LineDelimitedWriter::new(w),
+        }
+    }
+}
+
+impl<W: Write + Send> Sink for JsonLines<W> {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        self.writer.write(batch).map_err(|e| SinkError {
+            sink: self.name.clone(),
+            message: e.to_string(),
+        })
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.writer.get_mut().flush().map_err(|e| SinkError {
+            sink: self.name.clone(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Parquet file, opened on the first batch (its schema is the file's).
+pub struct ParquetFile {
+    name: String,
+    path: PathBuf,
+    writer: Option<parquet::arrow::ArrowWriter<File>>,
+}
+
+impl fmt::Debug for ParquetFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParquetFile")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl Sink for ParquetFile {
+    fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
+        let err = |e: &dyn fmt::Display| SinkError {
+            sink: self.name.clone(),
+            message: format!("{}: {e}", self.path.display()),
+        };
+        if self.writer.is_none() {
+            let f = File::create(&self.path).map_err(|e| err(&e))?;
+            self.writer = Some(
+                parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None)
+                    .map_err(|e| err(&e))?,
+            );
+        }
+        match self.writer.as_mut() {
+            Some(w) => w.write(batch).map_err(|e| err(&e)),
+            None => Ok(()),
+        }
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        match self.writer.as_mut() {
+            Some(w) => w.flush().map_err(|e| SinkError {
+                sink: self.name.clone(),
+                message: e.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ParquetFile {
+    fn drop(&mut self) {
+        if let Some(w) = self.writer.take() {
+            // The footer; errors were reported by flush() where it mattered.
+            let _ = w.close();
+        }
+    }
+}
+
+/// Opens the sink declared by `table`.
+pub fn open(table: &TableDef) -> Result<Box<dyn Sink>, SinkError> {
+    let err = |message: String| SinkError {
+        sink: table.name.clone(),
+        message,
+    };
+    match table.connector.as_str() {
+        "blackhole" => Ok(Box::new(Blackhole)),
+        "stdout" => Ok(Box::new(JsonLines::new(&table.name, std::io::stdout()))),
+        "filesystem" => {
+            let path = match table.options.get("path") {
+                Some(OptionValue::Str(p)) => PathBuf::from(p),
+                _ => return Err(err("option `path` must be a quoted string".into())),
+            };
+            let format = table
+                .options
+                .get("format")
+                .map(|f| f.as_text().to_ascii_lowercase())
+                .unwrap_or_else(|| "json".into());
+            let is_file = path
+                .extension()
+                .is_some_and(|e| e == "jsonl" || e == "json" || e == "parquet");
+            let ext = match format.as_str() {
+                "json" => "jsonl",
+                "parquet" => "parquet",
+                f => {
+                    return Err(err(format!(
+                        "format '{f}' is not supported (json, parquet)"
+                    )));
+                }
+            };
+            let file = if is_file {
+                path
+            } else {
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| err(format!("{}: {e}", path.display())))?;
+                path.join(format!("{}.{ext}", table.name))
+            };
+            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
+            }
+            if ext == "parquet" {
+                return Ok(Box::new(ParquetFile {
+                    name: table.name.clone(),
+                    path: file,
+                    writer: None,
+                }));
+            }
+            let f = File::create(&file).map_err(|e| err(format!("{}: {e}", file.display())))?;
+            Ok(Box::new(JsonLines::new(
+                &table.name,
+                BufWriter::with_capacity(1 << 20, f),
+            )))
+        }
+        c => Err(err(format!("connector '{c}' is not a sink"))),
+    }
+}
