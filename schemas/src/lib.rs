@@ -231,6 +231,10 @@ mod tests {
         assert_eq!(k.queue(Queue::Lock), "t1:lw:queue:lock");
         assert_eq!(Keys::default().risk("C1"), "lw:risk:C1");
         assert_eq!(Keys::default().lease_prefix(), "lw:lease:");
+        assert_eq!(
+            k.suppress("490154203237518", SignalKind::Tamper),
+            "t1:lw:suppress:490154203237518:tamper"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! | `lw:risk:{customer_id}` | hash of counts by signal, `last_grade`, `last_alert_ms` | the alert sink |
 //! | `lw:queue:{queue}` | Redis Stream of [`crate::QueueMessage`] entries | the alert sink |
 //! | `lw:alert:{alert_id}` | `1` with a TTL: ids already written (idempotence) | the alert sink |
+//! | `lw:suppress:{device_id}:{signal}` | rank of the last grade, with the cooldown as TTL | the alert sink |
 //!
 //! The prefix `lw:` is configurable per deployment (tests use one prefix each).
 
@@ -77,6 +78,11 @@ impl Keys {
     /// Key of a collection queue stream.
     pub fn queue(&self, queue: crate::Queue) -> String {
         format!("{}queue:{}", self.prefix, queue.as_str())
+    }
+
+    /// Key of the alert suppression state of a device and signal.
+    pub fn suppress(&self, device_id: &str, signal: crate::SignalKind) -> String {
+        format!("{}suppress:{device_id}:{}", self.prefix, signal.as_str())
     }
 
     /// Key marking an alert id as written.

@@ -1,0 +1,240 @@
+//! A TTL cache of raw lookup values, bounded by bytes and entries.
+//!
+//! Values are the JSON bytes read from Redis (already checked to decode), so a hit costs a
+//! reference-count increment and the per-batch decode works on one contiguous set of values.
+//! Misses are cached too ("negative" entries) with their own, shorter TTL.
+//!
+//! Eviction is oldest-inserted first: every entry expires after its TTL anyway, so the
+//! insertion order is the age order, and a FIFO needs no bookkeeping on the read path.
+
+use super::config::CacheConfig;
+use bytes::Bytes;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Fixed bytes charged per entry on top of key and value (map slot, queue slot, Arcs).
+pub const ENTRY_OVERHEAD: usize = 96;
+
+/// What the cache knows about a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    /// The key's value (JSON).
+    Found(Bytes),
+    /// The key was absent (or its value malformed) when last fetched.
+    Missing,
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: Option<Bytes>,
+    expires: Instant,
+    seq: u64,
+    size: usize,
+}
+
+/// The cache. Not synchronised: the lookup keeps it behind a mutex held only briefly.
+#[derive(Debug)]
+pub struct LookupCache {
+    map: HashMap<Arc<str>, Entry>,
+    order: VecDeque<(Arc<str>, u64)>,
+    bytes: usize,
+    seq: u64,
+    max_bytes: usize,
+    max_entries: usize,
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl LookupCache {
+    /// An empty cache with `config`'s bounds.
+    pub fn new(config: &CacheConfig) -> Self {
+        Self {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            bytes: 0,
+            seq: 0,
+            max_bytes: config.max_bytes,
+            max_entries: config.max_entries,
+            ttl: Duration::from_millis(config.ttl_ms),
+            negative_ttl: Duration::from_millis(config.negative_ttl_ms),
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.max_entries > 0 && self.max_bytes > 0 && !self.ttl.is_zero()
+    }
+
+    /// The cached state of `key` at `now`, or `None` (not cached or expired).
+    pub fn get(&mut self, key: &str, now: Instant) -> Option<Cached> {
+        let entry = self.map.get(key)?;
+        if entry.expires > now {
+            return Some(match &entry.value {
+                Some(v) => Cached::Found(v.clone()),
+                None => Cached::Missing,
+            });
+        }
+        self.remove(key);
+        None
+    }
+
+    /// Caches `value` (`None`: a miss) for `key` from `now`.
+    pub fn insert(&mut self, key: &str, value: Option<Bytes>, now: Instant) {
+        if !self.enabled() {
+            return;
+        }
+        let ttl = if value.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        };
+        if ttl.is_zero() {
+            self.remove(key);
+            return;
+        }
+        let size = ENTRY_OVERHEAD + key.len() + value.as_ref().map_or(0, Bytes::len);
+        if size > self.max_bytes {
+            self.remove(key);
+            return;
+        }
+        self.remove(key);
+        self.seq += 1;
+        let k: Arc<str> = Arc::from(key);
+        self.map.insert(
+            Arc::clone(&k),
+            Entry {
+                value,
+                expires: now + ttl,
+                seq: self.seq,
+                size,
+            },
+        );
+        self.order.push_back((k, self.seq));
+        self.bytes += size;
+        while self.bytes > self.max_bytes || self.map.len() > self.max_entries {
+            let Some((k, seq)) = self.order.pop_front() else {
+                break;
+            };
+            if self.map.get(&k).is_some_and(|e| e.seq == seq) {
+                self.remove(&k);
+            }
+        }
+        // Re-inserted keys leave stale queue slots behind: compact now and then.
+        if self.order.len() > 2 * self.map.len() + 1024 {
+            let map = &self.map;
+            self.order
+                .retain(|(k, seq)| map.get(k).is_some_and(|e| e.seq == *seq));
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(e) = self.map.remove(key) {
+            self.bytes -= e.size;
+        }
+    }
+
+    /// Entries held (some may have expired and not been noticed yet).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the cache holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes charged.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Drops everything.
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+        self.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn cfg(max_bytes: usize, max_entries: usize) -> CacheConfig {
+        CacheConfig {
+            max_bytes,
+            max_entries,
+            ttl_ms: 1_000,
+            negative_ttl_ms: 100,
+        }
+    }
+
+    #[test]
+    fn hit_miss_and_ttl() {
+        let mut c = LookupCache::new(&cfg(1 << 20, 100));
+        let t0 = Instant::now();
+        c.insert("a", Some(Bytes::from_static(b"{}")), t0);
+        c.insert("b", None, t0);
+        assert_eq!(
+            c.get("a", t0),
+            Some(Cached::Found(Bytes::from_static(b"{}")))
+        );
+        assert_eq!(c.get("b", t0), Some(Cached::Missing));
+        assert_eq!(c.get("z", t0), None);
+        // negative entries expire first
+        let t1 = t0 + Duration::from_millis(150);
+        assert_eq!(c.get("b", t1), None);
+        assert!(c.get("a", t1).is_some());
+        let t2 = t0 + Duration::from_millis(1_001);
+        assert_eq!(c.get("a", t2), None);
+        assert_eq!(c.bytes(), 0);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn bounded_by_entries_and_bytes() {
+        let t = Instant::now();
+        let mut c = LookupCache::new(&cfg(1 << 20, 3));
+        for k in ["a", "b", "c", "d"] {
+            c.insert(k, Some(Bytes::from_static(b"{}")), t);
+        }
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get("a", t), None, "oldest evicted");
+        assert!(c.get("d", t).is_some());
+
+        let per = ENTRY_OVERHEAD + 1 + 10;
+        let mut c = LookupCache::new(&cfg(per * 2, 100));
+        for k in ["a", "b", "c"] {
+            c.insert(k, Some(Bytes::from(vec![b'x'; 10])), t);
+        }
+        assert_eq!(c.len(), 2);
+        assert!(c.bytes() <= per * 2);
+        // a value larger than the whole cache is not cached
+        c.insert("big", Some(Bytes::from(vec![b'x'; per * 3])), t);
+        assert_eq!(c.get("big", t), None);
+    }
+
+    #[test]
+    fn reinsert_replaces_and_compacts() {
+        let t = Instant::now();
+        let mut c = LookupCache::new(&cfg(1 << 30, 10));
+        for i in 0..5_000 {
+            c.insert("k", Some(Bytes::from(format!("{i}"))), t);
+        }
+        assert_eq!(c.len(), 1);
+        assert!(c.order.len() < 2_100);
+        assert_eq!(c.get("k", t), Some(Cached::Found(Bytes::from("4999"))));
+    }
+
+    #[test]
+    fn disabled_cache_holds_nothing() {
+        let t = Instant::now();
+        let mut c = LookupCache::new(&CacheConfig {
+            ttl_ms: 0,
+            ..cfg(1 << 20, 10)
+        });
+        c.insert("a", None, t);
+        assert!(c.is_empty());
+    }
+}
