@@ -55,7 +55,11 @@ pub enum Command {
         #[command(subcommand)]
         action: StateCommand,
     },
-    /// Serve HTTP ingest and run the pipeline from the WAL (not wired yet).
+    /// Serve HTTP ingest into the WAL and run the pipeline from it until SIGTERM/SIGINT:
+    /// restores the newest checkpoint (`<wal.dir>/checkpoints`), replays the WAL after
+    /// it, checkpoints every `engine.checkpoint_interval_secs` and once more on stop.
+    /// Prints `listening on http://ADDR` to stderr (`ingest.listen` may use port 0).
+    /// Sinks get every acknowledged ping at least once; after a clean stop, exactly once.
     Run {
         /// Configuration file.
         #[arg(long)]
@@ -114,16 +118,17 @@ pub enum CliError {
     /// `state load` failure.
     #[error(transparent)]
     State(#[from] crate::state::StateError),
-    /// Not implemented yet.
-    #[error("{0}")]
-    NotYet(&'static str),
+    /// `run` failure.
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
 }
 
 impl CliError {
     /// 2: the user's to fix; 3: an outside system; 70: a bug.
     pub fn exit_code(&self) -> i32 {
         let blame = match self {
-            Self::Config(_) | Self::NotYet(_) => Blame::User,
+            Self::Config(_) => Blame::User,
+            Self::Run(e) => e.blame(),
             Self::State(e) => state_blame(e),
             Self::Engine(e) | Self::Replay(ReplayError::Engine(e)) => e.blame(),
             Self::Replay(ReplayError::Format { .. }) => Blame::User,
@@ -261,10 +266,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Run { config } => {
-            let _ = load_config(config.as_ref(), None)?;
-            Err(CliError::NotYet(
-                "leasewatch run is not wired to the WAL and HTTP ingest yet; use leasewatch replay",
-            ))
+            let c = load_config(config.as_ref(), None)?;
+            crate::run::run(&c).await?;
+            Ok(())
         }
     }
 }

@@ -6,8 +6,8 @@
 //!    pipeline under load every second, then evaluates every expression of every panel
 //!    through `/api/v1/query`: each must parse, and the [`CORE`] panels must return data.
 //!
-//! `leasewatch run` is not wired yet, so the pipeline is assembled in-process from the real
-//! parts: the ingest router with its WAL, the engine on a small SQL folder fed from the
+//! The pipeline is assembled in-process from the real parts, because the Redis lookup
+//! and alert sink are not yet wired into `leasewatch run`: the ingest router with its WAL, the engine on a small SQL folder fed from the
 //! WAL, the Redis lease lookup and alert sink against a private `redis-server`,
 //! checkpoints, and the Redis sampler, all reporting into one `Metrics` registry.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

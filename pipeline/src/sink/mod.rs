@@ -4,6 +4,12 @@
 //! `filesystem` takes `path` (a directory: the sink writes `<path>/<table>.jsonl`, or
 //! `<table>.parquet` with `format = 'parquet'`; a path ending in `.jsonl`/`.json`/
 //! `.parquet` is used as the file itself).
+//!
+//! JSON lines are appended: `leasewatch run` reopens its sinks after a restart and
+//! resumes from a checkpoint, so earlier output must survive (rows of WAL entries after
+//! the last checkpoint are written again after a crash: at-least-once). Remove the file
+//! to start afresh, e.g. before a second `replay` of the same input. A Parquet file is
+//! written whole by one process and is replaced when the sink reopens.
 
 pub mod redis;
 
@@ -210,7 +216,11 @@ pub fn open(table: &TableDef) -> Result<Box<dyn Sink>, SinkError> {
                     writer: None,
                 }));
             }
-            let f = File::create(&file).map_err(|e| err(format!("{}: {e}", file.display())))?;
+            let f = File::options()
+                .create(true)
+                .append(true)
+                .open(&file)
+                .map_err(|e| err(format!("{}: {e}", file.display())))?;
             Ok(Box::new(JsonLines::new(
                 &table.name,
                 BufWriter::with_capacity(1 << 20, f),

@@ -1,0 +1,390 @@
+//! `leasewatch run`: HTTP ingest into the WAL, the engine following the WAL, checkpoints.
+//!
+//! Start-up: open the WAL (`wal.dir`) and the checkpoint store (`<wal.dir>/checkpoints`:
+//! the WAL only looks at its own segment files, and its directory lock keeps a second
+//! process away from both), build the engine from `engine.sql_dir`, restore the newest
+//! checkpoint and continue after its lsn. A checkpoint ahead of the WAL head means the
+//! WAL was lost (or `wal.dir` points elsewhere): that is an error, not a fresh start.
+//!
+//! While running, the engine processes every WAL entry after the one it consumed last,
+//! flushes its sinks, and reports its progress to ingest (backpressure) and metrics.
+//! Every `engine.checkpoint_interval_secs` it flushes the sinks, saves a checkpoint of
+//! its state at the consumed lsn, and deletes WAL segments the *previous* checkpoint no
+//! longer needs (so the fallback checkpoint the store keeps stays usable).
+//!
+//! SIGTERM / SIGINT: ingest stops accepting and finishes the requests in flight (each
+//! acknowledged only once durable in the WAL), the engine processes what is left, and a
+//! final checkpoint is saved; the process exits 0.
+//!
+//! Delivery to sinks: a clean stop ends with a checkpoint at the WAL head, so a restart
+//! after it replays nothing and sinks see every acknowledged ping once. After a crash the
+//! engine restarts from the last checkpoint and replays the WAL entries after it, so sink
+//! rows produced between that checkpoint and the crash are written again:
+//! **at-least-once**. Sink output is flushed before each checkpoint is saved, so nothing
+//! a checkpoint covers is lost with the process (file sinks do not fsync: a power loss
+//! may still lose file-sink rows the OS had not written).
+
+use crate::config::{Config, ConfigError};
+use crate::engine::{Blame, Engine, EngineError, EngineOptions};
+use crate::ingest::{IngestState, Lag, router, serve};
+use crate::metrics::Metrics;
+use crate::wal::{CheckpointStore, Lsn, Wal, WalConfig, WalError, WalErrorDomain};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A failure of `leasewatch run`.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The WAL or the checkpoint store failed.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// Building the engine or processing a batch failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The newest checkpoint cannot be restored into this pipeline.
+    #[error("restoring the checkpoint at lsn {lsn} from {}: {source}", dir.display())]
+    Restore {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// The checkpoint's lsn.
+        lsn: Lsn,
+        /// Why.
+        #[source]
+        source: EngineError,
+    },
+    /// The checkpoint covers more of the WAL than the WAL holds.
+    #[error(
+        "the checkpoint in {} covers WAL entries up to lsn {checkpoint}, but the WAL in {} ends at lsn {head}: the WAL was lost or wal.dir points to another directory",
+        checkpoints.display(),
+        wal_dir.display()
+    )]
+    LostWal {
+        /// The checkpoint directory.
+        checkpoints: PathBuf,
+        /// The WAL directory.
+        wal_dir: PathBuf,
+        /// The checkpoint's lsn.
+        checkpoint: Lsn,
+        /// The WAL head.
+        head: Lsn,
+    },
+    /// Listening, signals or the HTTP server failed.
+    #[error("{what}: {message}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why.
+        message: String,
+    },
+    /// A bug (metrics registration, a task that panicked).
+    #[error("internal error (please report): {0}")]
+    Internal(String),
+}
+
+impl RunError {
+    /// Who must act.
+    pub fn blame(&self) -> Blame {
+        match self {
+            Self::Config(_) | Self::LostWal { .. } => Blame::User,
+            Self::Wal(e) => match e.domain() {
+                WalErrorDomain::External => Blame::Outside,
+                WalErrorDomain::Caller | WalErrorDomain::Internal => Blame::Internal,
+            },
+            Self::Engine(e) | Self::Restore { source: e, .. } => e.blame(),
+            Self::Io { .. } => Blame::Outside,
+            Self::Internal(_) => Blame::Internal,
+        }
+    }
+
+    fn io(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        Self::Io {
+            what: what.into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Where `leasewatch run` keeps checkpoints: `<wal.dir>/checkpoints`.
+pub fn checkpoint_dir(wal: &WalConfig) -> PathBuf {
+    wal.dir.join("checkpoints")
+}
+
+/// Runs the pipeline until SIGTERM / SIGINT (see the module documentation).
+pub async fn run(config: &Config) -> Result<(), RunError> {
+    let problems = config.ingest.problems();
+    if !problems.is_empty() {
+        return Err(ConfigError(problems).into());
+    }
+    // Before anything is acknowledged: a signal must never hit the default handler.
+    let stop = Arc::new(watch::channel(false).0);
+    install_signals(&stop)?;
+
+    let wal = Wal::open(&config.wal)?;
+    let recovery = wal.recovery();
+    if recovery.truncated_bytes > 0 || recovery.recreated_segment {
+        eprintln!(
+            "WAL {}: recovered a torn tail ({} bytes cut), head lsn {}",
+            config.wal.dir.display(),
+            recovery.truncated_bytes,
+            recovery.head
+        );
+    }
+    let mut store = CheckpointStore::open(checkpoint_dir(&config.wal))?;
+    if !config.wal.fsync {
+        store = store.without_fsync();
+    }
+    let options = EngineOptions {
+        capture_sinks: false,
+        late_sink: config.engine.late_sink.clone(),
+        geofences: config.engine.geofences.clone(),
+    };
+    let mut engine = Engine::from_dir(&config.engine.sql_dir, &options).await?;
+    let mut consumed: Lsn = 0;
+    if let Some((lsn, bytes)) = store.load_latest()? {
+        let head = wal.head();
+        if lsn > head {
+            return Err(RunError::LostWal {
+                checkpoints: store.dir().to_path_buf(),
+                wal_dir: config.wal.dir.clone(),
+                checkpoint: lsn,
+                head,
+            });
+        }
+        engine.restore(&bytes).map_err(|source| RunError::Restore {
+            dir: store.dir().to_path_buf(),
+            lsn,
+            source,
+        })?;
+        consumed = lsn;
+        eprintln!(
+            "restored checkpoint at lsn {lsn}; replaying WAL entries {}..={head}",
+            lsn + 1
+        );
+    }
+
+    let registry = prometheus::Registry::new();
+    let metrics = Metrics::new(&registry).map_err(|e| RunError::Internal(e.to_string()))?;
+    let (progress, consumed_rx) = watch::channel(consumed);
+    let probe_wal = wal.clone();
+    let probe_consumed = consumed_rx.clone();
+    metrics.with_wal(&wal).with_lag_probe(Arc::new(move || {
+        let (batches, rows) = probe_wal.backlog(*probe_consumed.borrow());
+        Lag { batches, rows }
+    }));
+    let state = IngestState::new(config.ingest.clone(), wal.clone(), registry)
+        .with_engine_progress(consumed_rx)
+        .with_metrics(metrics.clone());
+
+    let listen = config.ingest.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| RunError::io(format!("listening on {listen}"), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| RunError::io(format!("listening on {listen}"), e))?;
+    let mut stopped = stop.subscribe();
+    let server = tokio::spawn(serve(listener, router(state), async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    eprintln!("listening on http://{addr}");
+
+    let mut side = EngineSide {
+        engine,
+        wal,
+        store,
+        metrics,
+        consumed,
+        progress,
+        interval: Duration::from_secs(config.engine.checkpoint_interval_secs.max(1)),
+        last_checkpoint: Instant::now(),
+        saved: consumed,
+        older: consumed,
+    };
+    let outcome = side.follow(&stop, server).await;
+    match outcome {
+        Err(e) => {
+            eprintln!(
+                "leasewatch: stopping after an error at lsn {}",
+                side.consumed
+            );
+            Err(e)
+        }
+        Ok(()) => {
+            // Ingest has stopped: everything acknowledged is in the WAL.
+            side.drain().await?;
+            side.checkpoint()?;
+            eprintln!("stopped; checkpoint at lsn {}", side.consumed);
+            Ok(())
+        }
+    }
+}
+
+/// Sets `stop` on SIGTERM or SIGINT.
+fn install_signals(stop: &Arc<watch::Sender<bool>>) -> Result<(), RunError> {
+    let stop = Arc::clone(stop);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| RunError::io("SIGTERM handler", e))?;
+        let mut int =
+            signal(SignalKind::interrupt()).map_err(|e| RunError::io("SIGINT handler", e))?;
+        tokio::spawn(async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            eprintln!("{name}: stopping (finishing requests in flight, then a checkpoint)");
+            stop.send_replace(true);
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("Ctrl-C: stopping (finishing requests in flight, then a checkpoint)");
+            stop.send_replace(true);
+        }
+    });
+    Ok(())
+}
+
+/// Why following the WAL ended.
+enum Ended {
+    /// `stop` was set.
+    Stop,
+    /// The HTTP server task ended (after `stop`, or on its own: an error), with its
+    /// result.
+    Server(Result<(), RunError>),
+}
+
+fn server_result(
+    joined: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> Result<(), RunError> {
+    match joined {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(RunError::io("HTTP server", e)),
+        Err(e) => Err(RunError::Internal(format!("HTTP server task: {e}"))),
+    }
+}
+
+/// The engine following the WAL.
+struct EngineSide {
+    engine: Engine,
+    wal: Wal,
+    store: CheckpointStore,
+    metrics: Metrics,
+    /// The last WAL entry fully processed.
+    consumed: Lsn,
+    /// `consumed`, for ingest backpressure.
+    progress: watch::Sender<Lsn>,
+    interval: Duration,
+    last_checkpoint: Instant,
+    /// Lsn of the newest checkpoint on disk.
+    saved: Lsn,
+    /// Lsn of the checkpoint before it (the store keeps both).
+    older: Lsn,
+}
+
+impl EngineSide {
+    /// Follows the WAL until `stop` is set and the server has finished the requests in
+    /// flight. On an error, stops the server first.
+    async fn follow(
+        &mut self,
+        stop: &watch::Sender<bool>,
+        mut server: JoinHandle<std::io::Result<()>>,
+    ) -> Result<(), RunError> {
+        let result = self.follow_until_stop(stop, &mut server).await;
+        stop.send_replace(true);
+        match result {
+            // The server task is finished already.
+            Ok(Ended::Server(r)) => r,
+            Ok(Ended::Stop) => server_result(server.await),
+            Err(e) => {
+                let _ = server.await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn follow_until_stop(
+        &mut self,
+        stop: &watch::Sender<bool>,
+        server: &mut JoinHandle<std::io::Result<()>>,
+    ) -> Result<Ended, RunError> {
+        let mut head = self.wal.subscribe();
+        let mut stopping = stop.subscribe();
+        loop {
+            head.borrow_and_update();
+            self.drain().await?;
+            if self.last_checkpoint.elapsed() >= self.interval {
+                self.checkpoint()?;
+            }
+            let due = tokio::time::Instant::from_std(self.last_checkpoint + self.interval);
+            tokio::select! {
+                changed = head.changed() => {
+                    if changed.is_err() {
+                        return Err(RunError::Internal("WAL head channel closed".into()));
+                    }
+                }
+                _ = stopping.wait_for(|s| *s) => return Ok(Ended::Stop),
+                () = tokio::time::sleep_until(due) => {}
+                ended = &mut *server => {
+                    // It ends by itself only after `stop` (graceful shutdown) or on error.
+                    let r = server_result(ended).and_then(|()| {
+                        if *stop.borrow() {
+                            Ok(())
+                        } else {
+                            Err(RunError::io("HTTP server", "stopped unexpectedly"))
+                        }
+                    });
+                    return Ok(Ended::Server(r));
+                }
+            }
+        }
+    }
+
+    /// Processes every WAL entry after `consumed` up to the current head, then flushes
+    /// the sinks.
+    async fn drain(&mut self) -> Result<(), RunError> {
+        let mut any = false;
+        for entry in self.wal.reader(self.consumed)? {
+            let (lsn, batch) = entry?;
+            self.engine.process(&batch).await?;
+            self.metrics.record_engine(&self.engine);
+            self.metrics.batch_processed(&batch);
+            self.consumed = lsn;
+            self.progress.send_replace(lsn);
+            any = true;
+        }
+        if any {
+            self.engine.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Flushes the sinks, saves a checkpoint at `consumed`, then deletes the WAL
+    /// segments that neither kept checkpoint needs.
+    fn checkpoint(&mut self) -> Result<(), RunError> {
+        let t = Instant::now();
+        self.engine.flush()?;
+        let state = self.engine.checkpoint()?;
+        self.store.save(self.consumed, &state)?;
+        self.metrics.checkpoint_saved(t.elapsed());
+        self.last_checkpoint = Instant::now();
+        if self.consumed != self.saved {
+            self.older = self.saved;
+            self.saved = self.consumed;
+        }
+        // The store keeps the newest two checkpoints and falls back to the older one
+        // when the newest fails its checks: keep the WAL entries it needs.
+        self.wal.truncate_before(self.older + 1)?;
+        Ok(())
+    }
+}
