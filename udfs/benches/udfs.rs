@@ -27,21 +27,9 @@ use leasewatch_udfs::datafusion::functions;
 const ROWS: usize = 8_192;
 const FENCES: usize = 10_000;
 
-/// SplitMix64, for reproducible inputs without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1_u64 << 53) as f64)
-    }
-}
+#[path = "../tests/support/splitmix.rs"]
+mod splitmix;
+use splitmix::SplitMix as Rng;
 
 /// Points in a city-sized square (1 x 1 degree around Nairobi).
 fn positions(rng: &mut Rng) -> (Vec<f64>, Vec<f64>) {

@@ -20,23 +20,9 @@ use leasewatch_udfs::datafusion::H3Cell;
 const POINTS: usize = 1_000_000;
 const BATCH: usize = 8_192;
 
-/// SplitMix64: a tiny, well-known PRNG, so the points are the same on every run.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[lo, hi]`.
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * ((self.next() >> 11) as f64 / (1_u64 << 53) as f64)
-    }
-}
+#[path = "support/splitmix.rs"]
+mod splitmix;
+use splitmix::SplitMix;
 
 fn points() -> (Vec<f64>, Vec<f64>, Vec<i64>) {
     let mut rng = SplitMix(0x1EA5_E3A7_C400_0003);
