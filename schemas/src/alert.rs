@@ -207,6 +207,34 @@ pub fn signal_schema() -> Arc<Schema> {
     Arc::clone(&SIGNAL_SCHEMA)
 }
 
+static ALERT_ARCHIVE_SCHEMA: LazyLock<Arc<Schema>> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("alert_id", DataType::Utf8, false),
+        Field::new("signal", DataType::Utf8, false),
+        Field::new("grade", DataType::Utf8, false),
+        Field::new("queue", DataType::Utf8, false),
+        Field::new("device_id", DataType::Utf8, false),
+        Field::new("lease_id", DataType::Utf8, true),
+        Field::new("customer_id", DataType::Utf8, true),
+        Field::new("event_time", timestamp_type(), false),
+        Field::new("window_start", timestamp_type(), true),
+        Field::new("window_end", timestamp_type(), true),
+        Field::new("days_past_due", DataType::Int32, true),
+        Field::new("credit_band", DataType::Utf8, true),
+        Field::new("lat", DataType::Float64, true),
+        Field::new("lon", DataType::Float64, true),
+        Field::new("reasons", DataType::Utf8, false),
+    ]))
+});
+
+/// Arrow schema of the alert archive (Parquet files written by the grading query, read by
+/// `leasewatch report` and `leasewatch-load score`): the [`Alert`] fields with enums as
+/// their names, `reasons` as a JSON array string, plus the position (`lat`, `lon`) that
+/// fired the alert when it has one.
+pub fn alert_archive_schema() -> Arc<Schema> {
+    Arc::clone(&ALERT_ARCHIVE_SCHEMA)
+}
+
 /// One rule that fired, with the values that fired it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -17,7 +17,7 @@ mod validate;
 
 pub use alert::{
     Alert, Grade, QUEUE_MESSAGE_VERSION, Queue, QueueMessage, Reason, Signal, SignalKind,
-    signal_schema,
+    alert_archive_schema, signal_schema,
 };
 pub use ping::{DevicePing, EventKind, NetworkType, col, ping_schema, timestamp_type};
 pub use state::{
