@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use leasewatch_load::r#gen::{self, DEFAULT_START, Format, GenConfig};
 
+mod score;
+
 #[derive(Debug, Parser)]
 #[command(name = "leasewatch-load", version, about)]
 struct Cli {
@@ -18,6 +20,9 @@ enum Command {
     /// Generate a synthetic fleet: pings, lease and credit state, risky places,
     /// ground truth and tricky episodes.
     Gen(GenArgs),
+    /// Score an alert archive against the ground truth: recall and precision per
+    /// signal, false alerts on tricky episodes.
+    Score(score::ScoreArgs),
 }
 
 #[derive(Debug, Args)]
@@ -48,6 +53,7 @@ struct GenArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Score(a) => score::main(&a),
         Command::Gen(a) => {
             let cfg = GenConfig {
                 devices: a.devices,
