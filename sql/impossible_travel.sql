@@ -2,11 +2,10 @@
 -- cloned identity). Fixes less accurate than 1 km are ignored by max_speed_kmh, and
 -- each fix's accuracy is taken off the distance.
 --   threshold: 1200 km/h; window: hop(5 minutes, 30 minutes)
-CREATE TABLE impossible_travel_signals WITH (connector = 'filesystem', path = 'out/impossible_travel.jsonl');
-
-INSERT INTO impossible_travel_signals
+CREATE VIEW impossible_travel_signals AS
 SELECT 'impossible_travel' AS signal, device_id, window_end AS event_time,
-       window_start, window_end, kmh AS value, 1200.0 AS threshold
+       window_start, window_end, kmh AS value, 1200.0 AS threshold,
+       CAST(NULL AS TEXT) AS detail, CAST(NULL AS DOUBLE) AS lat, CAST(NULL AS DOUBLE) AS lon
 FROM (
   SELECT device_id, window.start AS window_start, window.end AS window_end, kmh
   FROM (

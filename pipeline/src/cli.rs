@@ -169,6 +169,7 @@ fn engine_options(c: &Config) -> EngineOptions {
         capture_sinks: false,
         late_sink: c.engine.late_sink.clone(),
         geofences: c.engine.geofences.clone(),
+        redis_url: c.engine.redis_url.clone(),
     }
 }
 

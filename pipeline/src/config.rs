@@ -36,6 +36,10 @@ pub struct EngineConfig {
     pub geofences: Option<PathBuf>,
     /// Seconds between engine checkpoints in `leasewatch run`.
     pub checkpoint_interval_secs: u64,
+    /// Redis for every `connector = 'redis'` table (lookups and alert sinks), replacing
+    /// the SQL's `address` option; e.g. `redis://127.0.0.1:6379` or
+    /// `rediss://user:pass@host:6380` (with the `tls` feature).
+    pub redis_url: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +49,7 @@ impl Default for EngineConfig {
             late_sink: None,
             geofences: None,
             checkpoint_interval_secs: 60,
+            redis_url: None,
         }
     }
 }

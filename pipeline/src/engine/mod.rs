@@ -16,8 +16,15 @@
 //! evaluated row by row, so results do not depend on how input is cut into batches.
 //! Late pings (event time below the watermark) are counted, still run the per-batch
 //! queries, and go to the configured late sink; they never enter window state.
+//!
+//! A view holding a windowed aggregate is compiled once as a *stage*: its emitted windows
+//! form a stream of their own that later views and queries read like a table (so one
+//! grading query can take the `UNION ALL` of several windowed signal views). Queries that
+//! read a stage run on each emission. Joins with `connector = 'redis'` lookup tables run
+//! as [`lookup_join`] nodes: one lookup of the distinct keys per batch.
 
 pub mod checkpoint;
+pub mod lookup_join;
 pub mod plan;
 pub mod slot;
 pub mod sql;
@@ -31,9 +38,10 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use leasewatch_schemas::{col, ping_schema};
-use plan::{QueryKind, SourceBinding, WindowState, Windowed};
+use lookup_join::LookupTable;
+use plan::{Output, PINGS, QueryKind, SWEEP, SourceBinding, SweepBinding, WindowState, Windowed};
 use sql::{LoadError, Pos, Program, SqlError, TableKind};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use window::WindowSpec;
@@ -107,6 +115,9 @@ pub struct EngineOptions {
     pub late_sink: Option<String>,
     /// GeoJSON geofence file for `geofence_match` / `geofence_kind`.
     pub geofences: Option<std::path::PathBuf>,
+    /// Redis URL for every `connector = 'redis'` table, replacing their `address` option
+    /// (one pipeline, many environments).
+    pub redis_url: Option<String>,
 }
 
 /// Counters and gauges of an engine.
@@ -171,8 +182,12 @@ pub struct Engine {
     ctx: SessionContext,
     task: Arc<TaskContext>,
     source: Option<SourceBinding>,
+    sweep: Option<SweepBinding>,
     queries: Vec<plan::Query>,
+    stage_slots: Vec<slot::Slot>,
+    lookups: Vec<(String, Arc<crate::lookup::RedisLookup>)>,
     sink_names: Vec<String>,
+    watermark_cell: window::WatermarkCell,
     sinks: Vec<Box<dyn Sink>>,
     captures: BTreeMap<String, MemorySink>,
     late_sink: Option<usize>,
@@ -222,10 +237,21 @@ impl Engine {
             .with_target_partitions(1)
             .with_batch_size(8192)
             .with_information_schema(false);
-        let ctx = SessionContext::new_with_config(config);
+        let lookups = lookup_tables(program, options)?;
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_query_planner(Arc::new(lookup_join::QueryPlanner::new(Arc::clone(
+                &lookups,
+            ))))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         for udf in window::window_udfs() {
             ctx.register_udf(udf);
         }
+        let watermark_cell = window::WatermarkCell::default();
+        watermark_cell.set(i64::MIN);
+        ctx.register_udf(window::event_watermark_udf(watermark_cell.clone()));
         let geofences = match &options.geofences {
             Some(path) => Some(Arc::new(leasewatch_udfs::load_geofences(path).map_err(
                 |e| {
@@ -249,15 +275,52 @@ impl Engine {
         for udaf in &functions.aggregate {
             ctx.register_udaf(udaf.as_ref().clone());
         }
-        let source = plan::bind_tables(&ctx, program)?;
-        for v in &program.views {
-            ctx.sql(&v.sql).await.map_err(|e| {
-                EngineError::Sql(SqlError::new(
-                    &v.pos,
-                    format!("CREATE VIEW {}", v.name),
-                    e.to_string(),
-                ))
-            })?;
+        let (source, sweep) = plan::bind_tables(&ctx, program, options.redis_url.as_deref())?;
+        let mut streams: HashMap<String, usize> = HashMap::new();
+        if let Some(s) = &source {
+            streams.insert(s.name.clone(), PINGS);
+        }
+        if let Some(s) = &sweep {
+            streams.insert(s.name.clone(), SWEEP);
+        }
+        let mut queries = Vec::new();
+        let mut stage_slots = Vec::new();
+        for v in view_order(&ctx, program)? {
+            let env = plan::Env {
+                ctx: &ctx,
+                program,
+                source: source.as_ref(),
+                lookups: &lookups,
+                streams: &streams,
+            };
+            match plan::compile_view(&env, v, stage_slots.len(), queries.len()).await? {
+                Some((q, schema)) => {
+                    let slot = slot::Slot::default();
+                    ctx.register_table(
+                        v.name.as_str(),
+                        Arc::new(slot::SlotTable::new(schema, slot.clone())),
+                    )
+                    .map_err(|e| {
+                        EngineError::Sql(SqlError::new(
+                            &v.pos,
+                            format!("CREATE VIEW {}", v.name),
+                            e.to_string(),
+                        ))
+                    })?;
+                    streams.insert(v.name.clone(), 1 + stage_slots.len());
+                    stage_slots.push(slot);
+                    queries.push(q);
+                }
+                None => {
+                    ctx.sql(&v.sql).await.map_err(|e| {
+                        EngineError::Sql(SqlError::new(
+                            &v.pos,
+                            format!("CREATE VIEW {}", v.name),
+                            e.to_string(),
+                        ))
+                    })?;
+                }
+            }
         }
         let mut sink_names: Vec<String> = Vec::new();
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
@@ -267,7 +330,7 @@ impl Engine {
                 EngineError::Sql(SqlError::new(
                     pos,
                     format!("sink {name}"),
-                    "no such sink table (declare it with CREATE TABLE ... WITH (connector = 'blackhole' | 'stdout' | 'filesystem'))",
+                    "no such sink table (declare it with CREATE TABLE ... WITH (connector = 'blackhole' | 'stdout' | 'filesystem' | 'redis'))",
                 ))
             })?;
             if let Some(i) = sink_names.iter().position(|n| n == &t.name) {
@@ -278,17 +341,23 @@ impl Engine {
                 captures.insert(t.name.clone(), m.clone());
                 Box::new(m)
             } else {
-                sink::open(t)?
+                sink::open(t, options.redis_url.as_deref())?
             };
             sink_names.push(t.name.clone());
             sinks.push(s);
             Ok(sink_names.len() - 1)
         };
-        let mut queries = Vec::new();
-        for (qn, ins) in program.inserts.iter().enumerate() {
+        for ins in &program.inserts {
             let sink = sink_index(&ins.sink, &ins.pos)?;
-            queries
-                .push(plan::compile_insert(&ctx, program, source.as_ref(), ins, sink, qn).await?);
+            let env = plan::Env {
+                ctx: &ctx,
+                program,
+                source: source.as_ref(),
+                lookups: &lookups,
+                streams: &streams,
+            };
+            let qn = queries.len();
+            queries.push(plan::compile_insert(&env, ins, sink, qn).await?);
         }
         let late_sink = match &options.late_sink {
             Some(name) => {
@@ -310,8 +379,15 @@ impl Engine {
             task: ctx.task_ctx(),
             ctx,
             source,
+            sweep,
             queries,
+            stage_slots,
+            lookups: lookups
+                .iter()
+                .map(|(n, t)| (n.clone(), Arc::clone(&t.lookup)))
+                .collect(),
             sink_names,
+            watermark_cell,
             sinks,
             captures,
             late_sink,
@@ -334,6 +410,11 @@ impl Engine {
     pub fn watermark(&self) -> Option<i64> {
         let wm = self.clock.watermark();
         (wm != i64::MIN).then_some(wm)
+    }
+
+    /// Latest event time seen (ms), `None` before the first ping.
+    pub fn max_event_time(&self) -> Option<i64> {
+        (self.clock.max_ts != i64::MIN).then_some(self.clock.max_ts)
     }
 
     /// Counters.
@@ -403,17 +484,12 @@ impl Engine {
 
         // Per-batch queries see every ping, late ones included.
         slot.set(vec![batch.clone()]);
-        for q in &self.queries {
-            if let QueryKind::PerBatch(p) = &q.kind {
-                let out = run(p, &self.task, &q.pos).await?;
-                emit(
-                    &mut self.sinks,
-                    &self.sink_names,
-                    &mut self.stats,
-                    q.sink,
-                    q.sink_schema.as_ref(),
-                    &out,
-                )?;
+        let mut pending = Vec::new();
+        for (i, q) in self.queries.iter().enumerate() {
+            if let QueryKind::PerBatch(p) = &q.kind
+                && q.inputs.contains(&PINGS)
+            {
+                pending.push((i, run(p, &self.task, &q.pos).await?));
             }
         }
         let ontime = if n_late > 0 {
@@ -447,6 +523,7 @@ impl Engine {
             }
         }
         slot.clear();
+        self.deliver(pending).await?;
         self.advance().await
     }
 
@@ -471,23 +548,273 @@ impl Engine {
         if wm == i64::MIN {
             return Ok(());
         }
-        for q in &mut self.queries {
+        if !self.clock.flushed {
+            self.watermark_cell.set(wm);
+        }
+        let mut pending = Vec::new();
+        for (i, q) in self.queries.iter_mut().enumerate() {
             let QueryKind::Windowed(w) = &mut q.kind else {
                 continue;
             };
             let (out, windows) = emit_due(w, wm, &self.task, &q.pos).await?;
             self.stats.windows_emitted += windows;
-            emit(
-                &mut self.sinks,
-                &self.sink_names,
-                &mut self.stats,
-                q.sink,
-                q.sink_schema.as_ref(),
-                &out,
-            )?;
+            if !out.is_empty() {
+                pending.push((i, out));
+            }
+        }
+        self.deliver(pending).await
+    }
+
+    /// Hands query output on: to its sink, or (a stage's) to every per-batch query that
+    /// reads the stage, one stage at a time so each query sees only the new rows.
+    async fn deliver(
+        &mut self,
+        pending: Vec<(usize, Vec<RecordBatch>)>,
+    ) -> Result<(), EngineError> {
+        let mut work: VecDeque<(usize, Vec<RecordBatch>)> = pending.into();
+        while let Some((qi, batches)) = work.pop_front() {
+            if batches.iter().all(|b| b.num_rows() == 0) {
+                continue;
+            }
+            let Some(q) = self.queries.get(qi) else {
+                return Err(EngineError::Internal(format!("no query #{qi}")));
+            };
+            match q.output {
+                Output::Sink(s) => emit(
+                    &mut self.sinks,
+                    &self.sink_names,
+                    &mut self.stats,
+                    s,
+                    q.sink_schema.as_ref(),
+                    &batches,
+                )?,
+                Output::Stage(j) => {
+                    let stream = 1 + j;
+                    let Some(slot) = self.stage_slots.get(j) else {
+                        return Err(EngineError::Internal(format!("no stage #{j}")));
+                    };
+                    slot.set(batches);
+                    let mut result = Ok(());
+                    for (k, c) in self.queries.iter().enumerate() {
+                        if let QueryKind::PerBatch(p) = &c.kind
+                            && c.inputs.contains(&stream)
+                        {
+                            match run(p, &self.task, &c.pos).await {
+                                Ok(out) => work.push_back((k, out)),
+                                Err(e) => {
+                                    result = Err(e);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    slot.clear();
+                    result?;
+                }
+            }
         }
         Ok(())
     }
+
+    /// Whether the SQL declares a lease sweep table (`connector = 'lease_sweep'`).
+    pub fn has_sweep(&self) -> bool {
+        self.sweep.is_some()
+    }
+
+    /// Feeds the lease sweep: one row per leased device at event time `at_ms`. Queries
+    /// reading the sweep table run on it (e.g. the overdue ladder), their output flows on
+    /// like any other. Without a sweep table this does nothing.
+    pub async fn sweep(&mut self, device_ids: Vec<String>, at_ms: i64) -> Result<(), EngineError> {
+        let Some(sw) = &self.sweep else {
+            return Ok(());
+        };
+        let mut pending = Vec::new();
+        for chunk in device_ids.chunks(8192) {
+            let n = chunk.len();
+            let batch = RecordBatch::try_new(
+                sw.schema.clone(),
+                vec![
+                    Arc::new(arrow::array::StringArray::from_iter_values(chunk)),
+                    Arc::new(
+                        TimestampMillisecondArray::from(vec![at_ms; n])
+                            .with_timezone(window::TZ),
+                    ),
+                ],
+            )
+            .map_err(internal)?;
+            sw.slot.set(vec![batch]);
+            for (i, q) in self.queries.iter().enumerate() {
+                if let QueryKind::PerBatch(p) = &q.kind
+                    && q.inputs.contains(&SWEEP)
+                {
+                    let out = run(p, &self.task, &q.pos).await;
+                    match out {
+                        Ok(out) => pending.push((i, out)),
+                        Err(e) => {
+                            sw.slot.clear();
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            sw.slot.clear();
+        }
+        self.deliver(pending).await?;
+        self.flush()
+    }
+
+    /// The lease sweep from Redis: lists every lease key (`SCAN` under the sweep table's
+    /// `'key_prefix'`, default `lw:lease:`) at the table's `address` (or the configured
+    /// Redis URL) and feeds the device ids to [`Self::sweep`] at event time `at_ms`.
+    /// Returns the number of devices swept (0 without a sweep table).
+    pub async fn sweep_leases(&mut self, at_ms: i64) -> Result<usize, EngineError> {
+        let Some(sw) = &self.sweep else {
+            return Ok(0);
+        };
+        let devices = list_leases(&sw.url, &sw.key_prefix).await.map_err(|e| {
+            EngineError::Internal(format!("lease sweep {}: {e}", sw.name))
+        })?;
+        let n = devices.len();
+        self.sweep(devices, at_ms).await?;
+        Ok(n)
+    }
+
+    /// Lookup tables in use and their counters.
+    pub fn lookups(&self) -> &[(String, Arc<crate::lookup::RedisLookup>)] {
+        &self.lookups
+    }
+}
+
+/// Device ids of every key under `prefix` (one `SCAN` round trip per 1,000 keys).
+async fn list_leases(url: &str, prefix: &str) -> Result<Vec<String>, crate::redis_client::RedisError> {
+    let conn = crate::redis_client::RedisConn::new(&crate::redis_client::ConnectionConfig::new(url))?;
+    let counters = crate::redis_client::RetryCounters::default();
+    let pattern = format!("{}*", glob_escape(prefix));
+    let mut cursor: u64 = 0;
+    let mut out = Vec::new();
+    loop {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+        let (next, keys): (u64, Vec<String>) = conn
+            .query(crate::redis_client::Request::Cmd(&cmd), "SCAN lease keys", &counters)
+            .await?;
+        out.extend(keys.into_iter().filter_map(|k| k.strip_prefix(prefix).map(str::to_string)));
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// `text` with Redis glob metacharacters escaped.
+fn glob_escape(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s
+}
+
+/// Views in an order where each comes after the views it reads (file order otherwise),
+/// so a grading view may name signal views of files sorted after it.
+fn view_order<'p>(ctx: &SessionContext, program: &'p Program) -> Result<Vec<&'p sql::ViewDef>, EngineError> {
+    let state = ctx.state();
+    let names: HashMap<&str, usize> = program.views.iter().enumerate().map(|(i, v)| (v.name.as_str(), i)).collect();
+    let mut deps: Vec<Vec<usize>> = Vec::with_capacity(program.views.len());
+    for v in &program.views {
+        let err = |e: datafusion::error::DataFusionError| {
+            EngineError::Sql(SqlError::new(&v.pos, format!("CREATE VIEW {}", v.name), e.to_string()))
+        };
+        let stmt = state.sql_to_statement(&v.query, &datafusion::config::Dialect::Generic).map_err(err)?;
+        let refs = state.resolve_table_references(&stmt).map_err(err)?;
+        deps.push(
+            refs.iter()
+                .filter_map(|r| names.get(r.table()).copied())
+                .filter(|&d| program.views.get(d).is_some_and(|d| d.name != v.name))
+                .collect(),
+        );
+    }
+    let mut done = vec![false; program.views.len()];
+    let mut order = Vec::with_capacity(program.views.len());
+    while order.len() < program.views.len() {
+        let next = (0..program.views.len()).find(|&i| !done[i] && deps[i].iter().all(|&d| done[d]));
+        let Some(i) = next else {
+            let stuck: Vec<&str> = (0..program.views.len())
+                .filter(|&i| !done[i])
+                .map(|i| program.views[i].name.as_str())
+                .collect();
+            let first = (0..program.views.len()).find(|&i| !done[i]).unwrap_or(0);
+            return Err(EngineError::Sql(SqlError::new(
+                &program.views[first].pos,
+                "CREATE VIEW",
+                format!("views read each other in a cycle: {}", stuck.join(", ")),
+            )));
+        };
+        done[i] = true;
+        order.push(&program.views[i]);
+    }
+    Ok(order)
+}
+
+/// The `connector = 'redis'` tables of `program`, connected (lazily) to Redis.
+fn lookup_tables(
+    program: &Program,
+    options: &EngineOptions,
+) -> Result<lookup_join::LookupTables, EngineError> {
+    let mut out = HashMap::new();
+    for t in program
+        .tables
+        .iter()
+        .filter(|t| t.kind == TableKind::Lookup)
+    {
+        let err = |m: String| {
+            EngineError::Sql(SqlError::new(&t.pos, format!("CREATE TABLE {}", t.name), m))
+        };
+        let key = t
+            .columns
+            .iter()
+            .find(|c| c.metadata_from.as_deref() == Some("key"))
+            .ok_or_else(|| {
+                err("a Redis lookup table needs its key column: `key TEXT METADATA FROM 'key' PRIMARY KEY`".into())
+            })?;
+        let options_text: Vec<(String, String)> = t
+            .options
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_text()))
+            .collect();
+        let mut config = crate::lookup::LookupConfig::from_sql_options(
+            options_text.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )
+        .map_err(|e| err(e.join("; ")))?;
+        if let Some(url) = &options.redis_url {
+            config.redis.url = url.clone();
+        }
+        config.key_column = key.name.clone();
+        let values = arrow::datatypes::Schema::new(
+            t.columns
+                .iter()
+                .filter(|c| c.name != key.name)
+                .map(|c| arrow::datatypes::Field::new(&c.name, c.data_type.clone(), true))
+                .collect::<Vec<_>>(),
+        );
+        let lookup = crate::lookup::RedisLookup::new(config, Arc::new(values))
+            .map_err(|e| err(e.to_string()))?;
+        out.insert(
+            t.name.clone(),
+            LookupTable {
+                key_column: key.name.clone(),
+                columns: t.columns.iter().map(|c| c.name.clone()).collect(),
+                lookup: Arc::new(lookup),
+            },
+        );
+    }
+    Ok(Arc::new(out))
 }
 
 fn internal(e: impl std::fmt::Display) -> EngineError {

@@ -2,8 +2,9 @@
 //! queries the split pre-window / partial / final / post-window plans.
 
 use super::EngineError;
+use super::lookup_join::{self, LookupTable};
 use super::slot::{Slot, SlotExec, SlotTable};
-use super::sql::{InsertDef, Pos, Program, SqlError, TableDef, TableKind};
+use super::sql::{InsertDef, Pos, Program, SqlError, TableDef, TableKind, ViewDef};
 use super::window::{self, HopState, SessionState, WindowSpec};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::Column;
@@ -15,6 +16,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::prelude::SessionContext;
 use leasewatch_schemas::ping_schema;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Name of the engine-filled window column in the aggregate input.
@@ -42,12 +44,29 @@ pub struct SourceBinding {
 pub struct Query {
     /// Where it was declared.
     pub pos: Pos,
-    /// Index of its sink in the engine's sink list.
-    pub sink: usize,
+    /// Where its rows go.
+    pub output: Output,
+    /// Streams a per-batch query reads ([`PINGS`] or `1 + stage`): it runs whenever one of
+    /// them has new rows. Windowed queries read the pings.
+    pub inputs: Vec<usize>,
     /// Declared sink schema (rows are renamed/cast to it), when the sink declares columns.
     pub sink_schema: Option<SchemaRef>,
     /// How it runs.
     pub kind: QueryKind,
+}
+
+/// Stream id of the ping source; a materialised view's output stream is `1 + stage index`.
+pub const PINGS: usize = 0;
+/// Stream id of the lease sweep table.
+pub const SWEEP: usize = usize::MAX;
+
+/// Where a query's rows go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// A sink table, by index in the engine's sink list.
+    Sink(usize),
+    /// A windowed view's output stream, by stage index (read by later queries).
+    Stage(usize),
 }
 
 /// How a query runs.
@@ -109,12 +128,15 @@ fn sql_err(pos: &Pos, construct: impl Into<String>, e: impl std::fmt::Display) -
     EngineError::Sql(SqlError::new(pos, construct, e.to_string()))
 }
 
-/// Binds the ping source table and registers it (and lookup tables) in `ctx`.
+/// Binds the ping source and lease sweep tables and registers them (and lookup tables)
+/// in `ctx`.
 pub fn bind_tables(
     ctx: &SessionContext,
     program: &Program,
-) -> Result<Option<SourceBinding>, EngineError> {
+    redis_url: Option<&str>,
+) -> Result<(Option<SourceBinding>, Option<SweepBinding>), EngineError> {
     let mut source = None;
+    let mut sweep = None;
     for t in &program.tables {
         match t.kind {
             TableKind::Source => {
@@ -142,7 +164,8 @@ pub fn bind_tables(
                 let schema = Arc::new(Schema::new(
                     t.columns
                         .iter()
-                        .map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable))
+                        // Any looked-up value may be missing: every column is nullable.
+                        .map(|c| Field::new(&c.name, c.data_type.clone(), true))
                         .collect::<Vec<_>>(),
                 ));
                 ctx.register_table(
@@ -151,10 +174,67 @@ pub fn bind_tables(
                 )
                 .map_err(|e| sql_err(&t.pos, format!("CREATE TABLE {}", t.name), e))?;
             }
+            TableKind::Sweep => {
+                let schema = Arc::new(Schema::new(
+                    t.columns
+                        .iter()
+                        .map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable))
+                        .collect::<Vec<_>>(),
+                ));
+                let want = [("device_id", DataType::Utf8), ("event_time", leasewatch_schemas::timestamp_type())];
+                let ok = schema.fields().len() == 2
+                    && schema.fields().iter().zip(&want).all(|(f, (n, ty))| f.name() == n && f.data_type() == ty);
+                if !ok {
+                    return Err(sql_err(
+                        &t.pos,
+                        format!("CREATE TABLE {}", t.name),
+                        "a lease_sweep table has exactly the columns (device_id TEXT, event_time TIMESTAMP)",
+                    ));
+                }
+                if sweep.is_some() {
+                    return Err(sql_err(
+                        &t.pos,
+                        format!("CREATE TABLE {}", t.name),
+                        "only one lease_sweep table is supported",
+                    ));
+                }
+                let slot = Slot::default();
+                ctx.register_table(
+                    t.name.as_str(),
+                    Arc::new(SlotTable::new(schema.clone(), slot.clone())),
+                )
+                .map_err(|e| sql_err(&t.pos, format!("CREATE TABLE {}", t.name), e))?;
+                let opt = |k: &str| t.options.get(k).map(|v| v.as_text());
+                sweep = Some(SweepBinding {
+                    name: t.name.clone(),
+                    schema,
+                    slot,
+                    url: redis_url
+                        .map(str::to_string)
+                        .or_else(|| opt("address"))
+                        .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+                    key_prefix: opt("key_prefix").unwrap_or_else(|| "lw:lease:".into()),
+                });
+            }
             TableKind::Sink => {}
         }
     }
-    Ok(source)
+    Ok((source, sweep))
+}
+
+/// The lease sweep table as bound.
+#[derive(Debug, Clone)]
+pub struct SweepBinding {
+    /// Table name.
+    pub name: String,
+    /// `(device_id, event_time)`.
+    pub schema: SchemaRef,
+    /// The slot its scans read.
+    pub slot: Slot,
+    /// Redis holding the leases.
+    pub url: String,
+    /// Key prefix of the lease keys (`lw:lease:`).
+    pub key_prefix: String,
 }
 
 fn bind_source(t: &TableDef) -> Result<SourceBinding, EngineError> {
@@ -202,53 +282,172 @@ fn bind_source(t: &TableDef) -> Result<SourceBinding, EngineError> {
     })
 }
 
-/// Compiles one `INSERT INTO`.
+/// What a query is compiled against.
+#[allow(missing_debug_implementations)]
+pub struct Env<'a> {
+    /// The session (UDFs, tables, views, the lookup-join planner).
+    pub ctx: &'a SessionContext,
+    /// The parsed SQL.
+    pub program: &'a Program,
+    /// The ping source.
+    pub source: Option<&'a SourceBinding>,
+    /// Lookup tables by name.
+    pub lookups: &'a HashMap<String, LookupTable>,
+    /// Stream tables by name: the source ([`PINGS`]) and windowed views (`1 + stage`).
+    pub streams: &'a HashMap<String, usize>,
+}
+
+/// Compiles one `INSERT INTO` writing to sink `sink`.
 pub async fn compile_insert(
-    ctx: &SessionContext,
-    program: &Program,
-    source: Option<&SourceBinding>,
+    env: &Env<'_>,
     ins: &InsertDef,
     sink: usize,
     qn: usize,
 ) -> Result<Query, EngineError> {
     let pos = &ins.pos;
     let construct = format!("INSERT INTO {}", ins.sink);
-    let state = ctx.state();
-    let plan = state
-        .create_logical_plan(&ins.query)
-        .await
-        .map_err(|e| sql_err(pos, &construct, e))?;
-    let plan = match source.and_then(|s| s.event_time.as_deref()) {
-        Some(ts) => add_event_time_arg(plan, ts, pos)?,
-        None => plan,
-    };
-    let plan = state
-        .optimize(&plan)
-        .map_err(|e| sql_err(pos, &construct, e))?;
-    check_tables(program, &plan, pos)?;
-    let sink_table = program.table(&ins.sink).ok_or_else(|| {
+    let sink_table = env.program.table(&ins.sink).ok_or_else(|| {
         sql_err(
             pos,
             &construct,
             "no such table; declare it with CREATE TABLE ... WITH (connector = ...)",
         )
     })?;
+    let (plan, inputs) = logical(env, &ins.query, pos, &construct).await?;
     let sink_schema = sink_schema(sink_table, plan.schema().as_arrow(), pos, &construct)?;
+    compile(
+        env,
+        plan,
+        inputs,
+        pos,
+        &construct,
+        Output::Sink(sink),
+        sink_schema,
+        qn,
+    )
+    .await
+}
 
+/// Compiles `CREATE VIEW` `view` as stage `stage` (computed once, its rows a stream that
+/// later statements read) when it holds a windowed aggregate or a lookup join, or reads
+/// another stage or the lease sweep: `Ok(None)` otherwise (it is then an ordinary view,
+/// inlined where it is used).
+pub async fn compile_view(
+    env: &Env<'_>,
+    view: &ViewDef,
+    stage: usize,
+    qn: usize,
+) -> Result<Option<(Query, SchemaRef)>, EngineError> {
+    let construct = format!("CREATE VIEW {}", view.name);
+    let (plan, inputs) = logical(env, &view.query, &view.pos, &construct).await?;
+    let windowed = find_window_aggregate(&plan, &view.pos)?.is_some();
+    let looks_up = plan
+        .exists(|n| Ok(matches!(n, LogicalPlan::Extension(e) if e.node.name() == "LookupJoin")))
+        .unwrap_or(false);
+    let reads_stage = inputs.iter().any(|&i| i != PINGS);
+    if !windowed && !looks_up && !reads_stage {
+        return Ok(None);
+    }
+    let schema = Arc::new(Schema::new(
+        plan.schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    let q = compile(
+        env,
+        plan,
+        inputs,
+        &view.pos,
+        &construct,
+        Output::Stage(stage),
+        None,
+        qn,
+    )
+    .await?;
+    Ok(Some((q, schema)))
+}
+
+/// The optimised logical plan of `sql` with lookup joins rewritten, and the streams it reads.
+async fn logical(
+    env: &Env<'_>,
+    sql: &str,
+    pos: &Pos,
+    construct: &str,
+) -> Result<(LogicalPlan, Vec<usize>), EngineError> {
+    let state = env.ctx.state();
+    let plan = state
+        .create_logical_plan(sql)
+        .await
+        .map_err(|e| sql_err(pos, construct, e))?;
+    let plan = match env.source.and_then(|s| s.event_time.as_deref()) {
+        Some(ts) => add_event_time_arg(plan, ts, pos)?,
+        None => plan,
+    };
+    let plan = lookup_join::rewrite(plan, env.lookups)
+        .map_err(|u| sql_err(pos, u.construct, u.message))?;
+    let plan = state
+        .optimize(&plan)
+        .map_err(|e| sql_err(pos, construct, e))?;
+    check_tables(env.program, &plan, pos)?;
+    let mut inputs = Vec::new();
+    let _ = plan.apply(|node| {
+        if let LogicalPlan::TableScan(s) = node
+            && let Some(&id) = env.streams.get(s.table_name.table())
+            && !inputs.contains(&id)
+        {
+            inputs.push(id);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    inputs.sort_unstable();
+    Ok((plan, inputs))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn compile(
+    env: &Env<'_>,
+    plan: LogicalPlan,
+    inputs: Vec<usize>,
+    pos: &Pos,
+    construct: &str,
+    output: Output,
+    sink_schema: Option<SchemaRef>,
+    qn: usize,
+) -> Result<Query, EngineError> {
+    let state = env.ctx.state();
+    let source = env.source;
     let Some((agg, spec, w_idx)) = find_window_aggregate(&plan, pos)? else {
         check_supported(&plan, None, pos)?;
         let physical = state
             .create_physical_plan(&plan)
             .await
-            .map_err(|e| sql_err(pos, &construct, e))?;
+            .map_err(|e| sql_err(pos, construct, e))?;
         return Ok(Query {
             pos: pos.clone(),
-            sink,
+            output,
+            inputs,
             sink_schema,
             kind: QueryKind::PerBatch(physical),
         });
     };
     check_supported(&plan, Some(&agg), pos)?;
+    if let Some(stage) = inputs.iter().find(|&&i| i != PINGS) {
+        let name = env
+            .streams
+            .iter()
+            .find(|(_, id)| *id == stage)
+            .map(|(n, _)| n.as_str())
+            .unwrap_or("?");
+        return Err(sql_err(
+            pos,
+            "windowed aggregate",
+            format!(
+                "a window over the output of windowed view {name} is not supported: window the ping source, and combine windowed views without a further window"
+            ),
+        ));
+    }
     let source = source.ok_or_else(|| sql_err(pos, "windowed aggregate", "no source table"))?;
     let ts_name = source.event_time.clone().ok_or_else(|| {
         sql_err(
@@ -280,7 +479,7 @@ pub async fn compile_insert(
     let pre = state
         .create_physical_plan(&agg.input)
         .await
-        .map_err(|e| sql_err(pos, &construct, e))?;
+        .map_err(|e| sql_err(pos, construct, e))?;
 
     // The aggregate over a slot of (input columns c0.., window column).
     let mut fields: Vec<Field> = in_schema
@@ -319,11 +518,11 @@ pub async fn compile_insert(
     let mut group = agg.group_expr.clone();
     group[w_idx] = Expr::Column(Column::new_unqualified(WINDOW_COLUMN)).alias(window_name);
     let new_agg = Aggregate::try_new(Arc::new(scan), group, agg.aggr_expr.clone())
-        .map_err(|e| sql_err(pos, &construct, e))?;
+        .map_err(|e| sql_err(pos, construct, e))?;
     let agg_physical = state
         .create_physical_plan(&LogicalPlan::Aggregate(new_agg))
         .await
-        .map_err(|e| sql_err(pos, &construct, e))?;
+        .map_err(|e| sql_err(pos, construct, e))?;
     let lowest = lowest_aggregate(&agg_physical).ok_or_else(|| {
         EngineError::Internal("no AggregateExec in the windowed aggregate's plan".into())
     })?;
@@ -421,14 +620,15 @@ pub async fn compile_insert(
     let post = state
         .create_physical_plan(&post_logical)
         .await
-        .map_err(|e| sql_err(pos, &construct, e))?;
+        .map_err(|e| sql_err(pos, construct, e))?;
     let state = match spec {
         WindowSpec::Hop { .. } => WindowState::Hop(HopState::default()),
         WindowSpec::Session { .. } => WindowState::Session(SessionState::default()),
     };
     Ok(Query {
         pos: pos.clone(),
-        sink,
+        output,
+        inputs: vec![PINGS],
         sink_schema,
         kind: QueryKind::Windowed(Box::new(Windowed {
             spec,
@@ -566,7 +766,7 @@ fn check_supported(
     let mut err = None;
     let _ = plan.apply(|node| {
         let bad = match node {
-            LogicalPlan::Join(_) => Some(("JOIN", "joins are not supported yet (lookup joins land with the Redis lookup)")),
+            LogicalPlan::Join(_) => Some(("JOIN", "only lookup joins (a connector = 'redis' table on the right) are supported: a join of two streams is not")),
             LogicalPlan::Limit(_) => Some(("LIMIT", "a stream has no end: LIMIT is not supported")),
             LogicalPlan::Window(_) => Some(("OVER (...)", "window functions (OVER) are not supported by the embedded engine")),
             LogicalPlan::Distinct(_) => Some(("DISTINCT", "SELECT DISTINCT on a stream is an updating query: not supported")),
@@ -602,7 +802,7 @@ fn contains(plan: &LogicalPlan, agg: &Aggregate) -> bool {
     hit
 }
 
-/// Fails when the plan reads a lookup table (next issue) or a sink.
+/// Fails when the plan reads a lookup table other than through a lookup join.
 fn check_tables(program: &Program, plan: &LogicalPlan, pos: &Pos) -> Result<(), EngineError> {
     let mut err = None;
     let _ = plan.apply(|node| {
@@ -613,7 +813,7 @@ fn check_tables(program: &Program, plan: &LogicalPlan, pos: &Pos) -> Result<(), 
             err = Some(sql_err(
                 pos,
                 format!("lookup table {} (connector = 'redis')", t.name),
-                "lookup joins are not implemented in the embedded engine yet (next issue); the table is parsed and kept",
+                "a lookup table can only be read through a join on its key (`LEFT JOIN t ON t.key = ...`), not scanned",
             ));
             return Ok(TreeNodeRecursion::Stop);
         }

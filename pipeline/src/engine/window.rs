@@ -27,9 +27,12 @@ pub const WINDOW_FUNCTIONS: [&str; 3] = ["tumble", "hop", "session"];
 /// Arroyo caps session gaps at 24 h; so do we, so a pipeline moves unchanged.
 pub const MAX_SESSION_GAP_MS: i64 = 24 * 3_600_000;
 
+/// Time zone of every engine timestamp: the ping contract's.
+pub const TZ: &str = "+00:00";
+
 /// The type of the `window` column: `struct<start: timestamp, end: timestamp>`.
 pub fn window_type() -> DataType {
-    let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+    let ts = leasewatch_schemas::timestamp_type();
     DataType::Struct(Fields::from(vec![
         Field::new("start", ts.clone(), false),
         Field::new("end", ts, false),
@@ -42,8 +45,8 @@ pub fn window_array(starts: Vec<i64>, ends: Vec<i64>) -> ArrayRef {
         DataType::Struct(f) => f,
         _ => Fields::empty(),
     };
-    let s: ArrayRef = Arc::new(TimestampMillisecondArray::from(starts).with_timezone("UTC"));
-    let e: ArrayRef = Arc::new(TimestampMillisecondArray::from(ends).with_timezone("UTC"));
+    let s: ArrayRef = Arc::new(TimestampMillisecondArray::from(starts).with_timezone(TZ));
+    let e: ArrayRef = Arc::new(TimestampMillisecondArray::from(ends).with_timezone(TZ));
     Arc::new(StructArray::new(fields, vec![s, e], None))
 }
 
@@ -435,4 +438,75 @@ mod tests {
         assert_eq!(rows, vec![3, 3, 2, 1, 1, 1]);
         assert!(h.buckets.is_empty());
     }
+}
+
+/// The engine's event-time watermark as SQL sees it: `event_watermark()`.
+///
+/// Holds the last watermark reached by data (ms): at the end of a replay the engine
+/// closes every window, but this stays where the pings left it, so a query can tell a
+/// window closed by time (`window_end <= event_watermark()`) from one closed because the
+/// input ended (e.g. a device that seems dark only because the file stopped).
+#[derive(Debug, Clone, Default)]
+pub struct WatermarkCell(Arc<std::sync::atomic::AtomicI64>);
+
+impl WatermarkCell {
+    /// Records the watermark (ms).
+    pub fn set(&self, ms: i64) {
+        self.0.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The watermark (ms).
+    pub fn get(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl PartialEq for WatermarkCell {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for WatermarkCell {}
+
+impl std::hash::Hash for WatermarkCell {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct EventWatermark {
+    cell: WatermarkCell,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for EventWatermark {
+    fn name(&self) -> &str {
+        "event_watermark"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(leasewatch_schemas::timestamp_type())
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let ms = self.cell.get();
+        let v = (ms != i64::MIN).then_some(ms);
+        Ok(ColumnarValue::Scalar(
+            datafusion::common::ScalarValue::TimestampMillisecond(v, Some(TZ.into())),
+        ))
+    }
+}
+
+/// `event_watermark()` reading `cell` (volatile: evaluated at each run, never folded).
+pub fn event_watermark_udf(cell: WatermarkCell) -> ScalarUDF {
+    ScalarUDF::new_from_impl(EventWatermark {
+        cell,
+        signature: Signature::nullary(Volatility::Volatile),
+    })
 }

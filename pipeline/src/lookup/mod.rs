@@ -86,6 +86,9 @@ pub struct LookupStats {
     pub cache_misses: AtomicU64,
     /// Values that were not one JSON object of the schema (their rows are null).
     pub malformed: AtomicU64,
+    /// Times a batch was held because Redis stayed unreachable past the retry deadline
+    /// (the lookup join then waits and tries again: the batch is never dropped).
+    pub held: AtomicU64,
     /// Connection-level retries and errors.
     pub redis: RetryCounters,
 }
@@ -107,6 +110,8 @@ pub struct LookupStatsSnapshot {
     pub cache_misses: u64,
     /// See [`LookupStats::malformed`].
     pub malformed: u64,
+    /// See [`LookupStats::held`].
+    pub held: u64,
     /// Failed attempts that were retried.
     pub retries: u64,
     /// Failed attempts of any kind.
@@ -125,6 +130,7 @@ impl LookupStats {
             cache_hits: g(&self.cache_hits),
             cache_misses: g(&self.cache_misses),
             malformed: g(&self.malformed),
+            held: g(&self.held),
             retries: g(&self.redis.retries),
             errors: g(&self.redis.errors),
         }

@@ -236,6 +236,13 @@ pub async fn replay(
     let (rows, bytes) = engine.state_size();
     summary.window_state_rows_peak = summary.window_state_rows_peak.max(rows as u64);
     summary.window_state_bytes_peak = summary.window_state_bytes_peak.max(bytes as u64);
+    // The lease sweep (overdue ladder) once, at the last event time the data reached.
+    if engine.has_sweep()
+        && let Some(at) = engine.max_event_time()
+    {
+        let n = engine.sweep_leases(at).await?;
+        tracing::info!(devices = n, "lease sweep at the end of the input");
+    }
     engine.finish().await?;
     bar.finish_and_clear();
     let stats = engine.stats();

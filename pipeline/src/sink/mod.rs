@@ -1,15 +1,17 @@
-//! Sinks: where `INSERT INTO` rows go (`blackhole`, `stdout`, `filesystem`).
+//! Sinks: where `INSERT INTO` rows go (`blackhole`, `stdout`, `filesystem`, `redis`).
 //!
 //! Declared in SQL as `CREATE TABLE name (...) WITH (connector = '...', ...)`.
-//! `filesystem` takes `path` (a directory: the sink writes `<path>/<table>.jsonl`, or
-//! `<table>.parquet` with `format = 'parquet'`; a path ending in `.jsonl`/`.json`/
-//! `.parquet` is used as the file itself).
+//! `filesystem` takes `path` (a directory: the sink writes `<path>/<table>.jsonl`, or with
+//! `format = 'parquet'` an append-only archive of `<table>-<ms>-<pid>-<n>.parquet` files,
+//! a new one after each flush; a path ending in `.jsonl`/`.json`/`.parquet` is used as
+//! the file itself). `redis` writes alerts to the collection queues ([`redis`]).
 //!
 //! JSON lines are appended: `leasewatch run` reopens its sinks after a restart and
 //! resumes from a checkpoint, so earlier output must survive (rows of WAL entries after
 //! the last checkpoint are written again after a crash: at-least-once). Remove the file
-//! to start afresh, e.g. before a second `replay` of the same input. A Parquet file is
-//! written whole by one process and is replaced when the sink reopens.
+//! to start afresh, e.g. before a second `replay` of the same input. A single Parquet
+//! file (a path ending in `.parquet`) is written whole by one process and is replaced when
+//! the sink reopens; an archive folder only ever gains files.
 
 pub mod redis;
 
@@ -119,6 +121,13 @@ impl<W: Write + Send> Sink for JsonLines<W> {
 pub struct ParquetFile {
     name: String,
     path: PathBuf,
+    /// `path` is a folder: every flush closes the current file and later rows go to a
+    /// new one (`{name}-{first write ms}-{n}.parquet`), so the folder is an append-only
+    /// archive whose finished files are always readable. A file is written as
+    /// `.parquet.inprogress` and renamed when its footer is on disk.
+    rolling: bool,
+    files: u64,
+    current: Option<PathBuf>,
     writer: Option<parquet::arrow::ArrowWriter<File>>,
 }
 
@@ -126,29 +135,71 @@ impl fmt::Debug for ParquetFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ParquetFile")
             .field("path", &self.path)
+            .field("rolling", &self.rolling)
             .finish()
+    }
+}
+
+impl ParquetFile {
+    fn err(&self, path: &std::path::Path, e: &dyn fmt::Display) -> SinkError {
+        SinkError {
+            sink: self.name.clone(),
+            message: format!("{}: {e}", path.display()),
+        }
+    }
+
+    /// Writes the footer of the current file and, in a folder, publishes it.
+    fn close(&mut self) -> Result<(), SinkError> {
+        let Some(w) = self.writer.take() else {
+            return Ok(());
+        };
+        let path = self.current.take().unwrap_or_else(|| self.path.clone());
+        w.close().map_err(|e| self.err(&path, &e))?;
+        if self.rolling {
+            let done = path.with_extension("");
+            std::fs::rename(&path, &done).map_err(|e| self.err(&done, &e))?;
+        }
+        Ok(())
     }
 }
 
 impl Sink for ParquetFile {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
-        let err = |e: &dyn fmt::Display| SinkError {
-            sink: self.name.clone(),
-            message: format!("{}: {e}", self.path.display()),
-        };
         if self.writer.is_none() {
-            let f = File::create(&self.path).map_err(|e| err(&e))?;
+            let path = if self.rolling {
+                self.files += 1;
+                let ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                self.path.join(format!(
+                    "{}-{ms}-{}-{}.parquet.inprogress",
+                    self.name,
+                    std::process::id(),
+                    self.files
+                ))
+            } else {
+                self.path.clone()
+            };
+            let f = File::create(&path).map_err(|e| self.err(&path, &e))?;
             self.writer = Some(
                 parquet::arrow::ArrowWriter::try_new(f, batch.schema(), None)
-                    .map_err(|e| err(&e))?,
+                    .map_err(|e| self.err(&path, &e))?,
             );
+            self.current = Some(path);
         }
+        let path = self.current.clone().unwrap_or_else(|| self.path.clone());
         match self.writer.as_mut() {
-            Some(w) => w.write(batch).map_err(|e| err(&e)),
+            Some(w) => w.write(batch).map_err(|e| SinkError {
+                sink: self.name.clone(),
+                message: format!("{}: {e}", path.display()),
+            }),
             None => Ok(()),
         }
     }
     fn flush(&mut self) -> Result<(), SinkError> {
+        if self.rolling {
+            return self.close();
+        }
         match self.writer.as_mut() {
             Some(w) => w.flush().map_err(|e| SinkError {
                 sink: self.name.clone(),
@@ -161,21 +212,36 @@ impl Sink for ParquetFile {
 
 impl Drop for ParquetFile {
     fn drop(&mut self) {
-        if let Some(w) = self.writer.take() {
-            // The footer; errors were reported by flush() where it mattered.
-            let _ = w.close();
-        }
+        // The footer; errors were reported by flush() where it mattered.
+        let _ = self.close();
     }
 }
 
-/// Opens the sink declared by `table`.
-pub fn open(table: &TableDef) -> Result<Box<dyn Sink>, SinkError> {
+/// Opens the sink declared by `table`; `redis_url` replaces a Redis sink's `address`.
+pub fn open(table: &TableDef, redis_url: Option<&str>) -> Result<Box<dyn Sink>, SinkError> {
     let err = |message: String| SinkError {
         sink: table.name.clone(),
         message,
     };
     match table.connector.as_str() {
         "blackhole" => Ok(Box::new(Blackhole)),
+        "redis" => {
+            let options: Vec<(String, String)> = table
+                .options
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_text()))
+                .collect();
+            let mut config = redis::RedisSinkConfig::from_sql_options(
+                options.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .map_err(|e| err(e.join("; ")))?;
+            if let Some(url) = redis_url {
+                config.redis.url = url.to_string();
+            }
+            let sink = redis::BlockingRedisSink::new(&table.name, config)
+                .map_err(|e| err(e.to_string()))?;
+            Ok(Box::new(sink))
+        }
         "stdout" => Ok(Box::new(JsonLines::new(&table.name, std::io::stdout()))),
         "filesystem" => {
             let path = match table.options.get("path") {
@@ -200,7 +266,7 @@ pub fn open(table: &TableDef) -> Result<Box<dyn Sink>, SinkError> {
                 }
             };
             let file = if is_file {
-                path
+                path.clone()
             } else {
                 std::fs::create_dir_all(&path)
                     .map_err(|e| err(format!("{}: {e}", path.display())))?;
@@ -212,7 +278,10 @@ pub fn open(table: &TableDef) -> Result<Box<dyn Sink>, SinkError> {
             if ext == "parquet" {
                 return Ok(Box::new(ParquetFile {
                     name: table.name.clone(),
-                    path: file,
+                    path: if is_file { file } else { path },
+                    rolling: !is_file,
+                    files: 0,
+                    current: None,
                     writer: None,
                 }));
             }

@@ -9,7 +9,7 @@
 mod table;
 
 pub use table::{
-    ColumnDef, OptionValue, SINK_CONNECTORS, SOURCE_CONNECTOR, TableDef, TableKind, WatermarkDef,
+    ColumnDef, OptionValue, SINK_CONNECTORS, SOURCE_CONNECTOR, SWEEP_CONNECTOR, TableDef, TableKind, WatermarkDef,
     parse_interval_ms,
 };
 
@@ -73,6 +73,8 @@ pub struct ViewDef {
     pub pos: Pos,
     /// The whole statement, for DataFusion.
     pub sql: String,
+    /// The query after `AS`.
+    pub query: String,
 }
 
 /// An `INSERT INTO sink query`.
@@ -331,10 +333,18 @@ fn parse_statement(stmt: &Stmt<'_>, program: &mut Program) -> Result<(), SqlErro
                     let name = stmt.ident(i + 1).ok_or_else(|| {
                         SqlError::new(&stmt.pos(i + 1), "CREATE VIEW", "expected a view name")
                     })?;
+                    if !stmt.is_kw(i + 2, Keyword::AS) {
+                        return Err(SqlError::new(
+                            &stmt.pos(i + 2),
+                            format!("CREATE VIEW {name}"),
+                            "expected CREATE VIEW name AS SELECT ... (a column list is not supported)",
+                        ));
+                    }
                     program.views.push(ViewDef {
                         name,
                         pos,
                         sql: stmt.text_from(0).to_string(),
+                        query: stmt.text_from(i + 3).to_string(),
                     });
                     Ok(())
                 }

@@ -1,7 +1,7 @@
 //! `CREATE [TEMPORARY] TABLE` in Arroyo's dialect, parsed from tokens.
 
 use super::{Pos, SqlError, Stmt};
-use arrow::datatypes::{DataType, TimeUnit};
+use arrow::datatypes::DataType;
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::Token;
 use std::collections::BTreeMap;
@@ -11,8 +11,12 @@ use std::collections::BTreeMap;
 pub enum TableKind {
     /// The pipeline's own ping stream (`connector = 'leasewatch'`): fed by ingest or replay.
     Source,
-    /// A lookup table (`connector = 'redis'`), joined per batch (next issue).
+    /// A lookup table (`CREATE TEMPORARY TABLE ... (connector = 'redis')`), joined per batch.
     Lookup,
+    /// The lease sweep (`connector = 'lease_sweep'`): one row per leased device, fed
+    /// periodically by the engine's host so state-only rules (the overdue ladder) also
+    /// reach devices that stopped pinging.
+    Sweep,
     /// A sink (`blackhole`, `stdout`, `filesystem`).
     Sink,
 }
@@ -89,8 +93,10 @@ pub struct TableDef {
 
 /// The embedded engine's connectors.
 pub const SOURCE_CONNECTOR: &str = "leasewatch";
+/// The lease sweep's connector.
+pub const SWEEP_CONNECTOR: &str = "lease_sweep";
 /// Sink connectors the embedded engine implements.
-pub const SINK_CONNECTORS: [&str; 3] = ["blackhole", "stdout", "filesystem"];
+pub const SINK_CONNECTORS: [&str; 4] = ["blackhole", "stdout", "filesystem", "redis"];
 
 /// Parses an interval text like `5 seconds`, `'1' minute` parts, `250 ms` into ms.
 pub fn parse_interval_ms(text: &str) -> Option<i64> {
@@ -120,7 +126,7 @@ pub fn parse_interval_ms(text: &str) -> Option<i64> {
 }
 
 fn sql_type_to_arrow(sql: &str) -> Option<DataType> {
-    let upper = sql.to_ascii_uppercase();
+    let upper = sql.to_ascii_uppercase().replace(" [ ]", "[]").replace(" < ", "<").replace(" >", ">");
     let base = upper.split('(').next().unwrap_or("").trim();
     Some(match base {
         "TEXT" | "VARCHAR" | "STRING" | "CHAR" | "CHARACTER VARYING" => DataType::Utf8,
@@ -135,9 +141,11 @@ fn sql_type_to_arrow(sql: &str) -> Option<DataType> {
         "DOUBLE" | "DOUBLE PRECISION" | "FLOAT8" => DataType::Float64,
         "FLOAT" | "REAL" | "FLOAT4" => DataType::Float32,
         "BOOLEAN" | "BOOL" => DataType::Boolean,
-        "TIMESTAMP" | "TIMESTAMPTZ" => {
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
-        }
+        "TIMESTAMP" | "TIMESTAMPTZ" => leasewatch_schemas::timestamp_type(),
+        "BIGINT[]" | "ARRAY<BIGINT>" => DataType::List(std::sync::Arc::new(arrow::datatypes::Field::new_list_field(
+            DataType::Int64,
+            true,
+        ))),
         _ => return None,
     })
 }
@@ -223,14 +231,8 @@ pub(super) fn parse_create_table(
     };
     let kind = match connector.as_str() {
         SOURCE_CONNECTOR => TableKind::Source,
+        SWEEP_CONNECTOR => TableKind::Sweep,
         "redis" if temporary => TableKind::Lookup,
-        "redis" => {
-            return Err(SqlError::new(
-                &pos,
-                "connector = 'redis'",
-                "a Redis sink is not supported by the embedded engine yet; a Redis lookup table is declared with CREATE TEMPORARY TABLE",
-            ));
-        }
         c if SINK_CONNECTORS.contains(&c) => TableKind::Sink,
         c => {
             return Err(SqlError::new(

@@ -71,6 +71,62 @@ impl RedisSinkConfig {
             .unwrap_or_else(|| format!("{}queue:", self.prefix))
     }
 
+    /// Settings from a sink table's SQL `WITH (...)` options. Arroyo's: `address`,
+    /// `target` (`'stream'`, our default, or `'list'`), `'target.key_prefix'`; `connector`,
+    /// `format` and `type` are accepted and ignored. Ours: `'key_prefix'` (every key, default
+    /// `lw:`), `cooldown` and `'dedup.ttl'` (intervals), `'stream.maxlen'`, `'risk_profile'`
+    /// (`true`/`false`). Any other option is reported.
+    pub fn from_sql_options<'a>(
+        options: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, Vec<String>> {
+        let mut c = Self::default();
+        let mut errors = Vec::new();
+        for (k, v) in options {
+            let v = v.trim();
+            match k {
+                "address" => c.redis.url = v.to_string(),
+                "target" => match v.to_ascii_lowercase().as_str() {
+                    "stream" => c.target = Target::Stream,
+                    "list" => c.target = Target::List,
+                    _ => errors.push(format!("target = {v:?}: expected 'stream' or 'list'")),
+                },
+                "target.key_prefix" => c.list_key_prefix = Some(v.to_string()),
+                "key_prefix" => c.prefix = v.to_string(),
+                "cooldown" | "dedup.ttl" => match crate::engine::sql::parse_interval_ms(v) {
+                    Some(ms) if ms >= 0 => {
+                        if k == "cooldown" {
+                            c.cooldown_ms = ms as u64;
+                        } else {
+                            c.dedup_ttl_ms = ms as u64;
+                        }
+                    }
+                    _ => errors.push(format!("'{k}' = {v:?}: not an interval")),
+                },
+                "stream.maxlen" => match v.parse() {
+                    Ok(n) => c.stream_maxlen = n,
+                    Err(_) => errors.push(format!("'stream.maxlen' = {v:?}: not a count")),
+                },
+                "risk_profile" => match v.to_ascii_lowercase().as_str() {
+                    "true" => c.risk_profile = true,
+                    "false" => c.risk_profile = false,
+                    _ => errors.push(format!("'risk_profile' = {v:?}: expected true or false")),
+                },
+                "connector" | "format" | "type" => {}
+                other => errors.push(format!(
+                    "option '{other}' is not supported by the Redis sink"
+                )),
+            }
+        }
+        if let Err(mut e) = c.validate("sink") {
+            errors.append(&mut e);
+        }
+        if errors.is_empty() {
+            Ok(c)
+        } else {
+            Err(errors)
+        }
+    }
+
     /// Every problem at once, each prefixed with `path`.
     pub fn validate(&self, path: &str) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();

@@ -10,7 +10,8 @@
 //!    of the last grade written for that device and signal, with the cooldown as its TTL.
 //!    A grade that is not higher is suppressed: the alert id is marked written (so a replay
 //!    decides the same) and nothing else happens; the cooldown is *not* extended (a signal
-//!    that keeps firing alerts again once per cooldown).
+//!    that keeps firing alerts again once per cooldown). Lock requests (queue `lock`) are
+//!    tracked apart (`...:{signal}:lock`): the call that goes with them does not suppress them.
 //! 3. Otherwise the message is written (`XADD {prefix}queue:{queue} [MAXLEN ~ n] * field
 //!    value ...`, or `RPUSH {list_key_prefix}{queue} json`), then the alert id is marked
 //!    (`SET ... PX dedup_ttl_ms`), the suppression key set, and the risk profile updated:
@@ -121,6 +122,8 @@ pub struct SinkStats {
     pub duplicates: AtomicU64,
     /// Alerts suppressed (same device + signal within the cooldown, grade not higher).
     pub suppressed: AtomicU64,
+    /// Times a batch was held because Redis stayed unreachable past the retry deadline.
+    pub held: AtomicU64,
     /// Connection-level retries and errors.
     pub redis: RetryCounters,
     /// Alerts written per signal, grade and queue, their end-to-end latency and the
@@ -238,7 +241,13 @@ impl RedisAlertSink {
                 .arg(self.script.get_hash())
                 .arg(if risk.is_some() { 4 } else { 3 })
                 .arg(self.keys.alert_seen(&m.alert_id))
-                .arg(self.suppress_key(&m.device_id, m.signal))
+                .arg(if m.queue == Queue::Lock {
+                    // A lock request rides along with the call of the same signal: it has
+                    // its own suppression so the call does not suppress it.
+                    format!("{}:lock", self.suppress_key(&m.device_id, m.signal))
+                } else {
+                    self.suppress_key(&m.device_id, m.signal)
+                })
                 .arg(self.queue_key(m.queue));
             if let Some(r) = &risk {
                 cmd.arg(r);
@@ -566,13 +575,30 @@ impl BlockingRedisSink {
 }
 
 impl crate::sink::Sink for BlockingRedisSink {
+    /// Writes the alerts; while Redis stays unreachable past the client's give-up
+    /// deadline, waits and tries again (backpressure on the engine), never dropping them.
+    /// Ids already written are skipped, so a retried batch is not written twice.
     fn write(&mut self, batch: &RecordBatch) -> Result<(), crate::sink::SinkError> {
-        self.write_blocking(batch)
-            .map(|_| ())
-            .map_err(|e| crate::sink::SinkError {
-                sink: self.name.clone(),
-                message: e.to_string(),
-            })
+        let mut wait = std::time::Duration::from_millis(100);
+        loop {
+            match self.write_blocking(batch) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_retryable() => {
+                    self.stats
+                        .held
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(sink = %self.name, error = %e, retry_in_ms = wait.as_millis() as u64, "Redis sink write failed; holding the batch and retrying");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(e) => {
+                    return Err(crate::sink::SinkError {
+                        sink: self.name.clone(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
     }
 
     fn flush(&mut self) -> Result<(), crate::sink::SinkError> {

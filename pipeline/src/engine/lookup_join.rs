@@ -1,0 +1,551 @@
+//! The Redis lookup join (design decision 3) as a DataFusion plan node.
+//!
+//! `SELECT ... FROM s LEFT JOIN leases l ON l.key = concat('lw:lease:', s.device_id)`,
+//! where `leases` is a `connector = 'redis'` table, is rewritten before optimisation into a
+//! [`LookupJoinNode`] over the left input. Its physical form, [`LookupJoinExec`], takes each
+//! input batch, evaluates the key expression, asks [`RedisLookup`] for the state of the
+//! batch's distinct keys (bounded TTL cache, then one `MGET` for the misses) and appends the
+//! state columns: the key is the table's primary key, so the join is a gather, and a row
+//! with no state keeps nulls (`LEFT JOIN`) or is dropped (`INNER JOIN`).
+//!
+//! While Redis is unreachable the batch is held and the lookup retried with backoff
+//! (counted in [`crate::lookup::LookupStats`]); pings are never dropped for it. Because the
+//! node sits wherever the join is in the query, lookups work in per-ping queries, before a
+//! window (in the pre-window plan) and after one (on emitted windows).
+
+use crate::lookup::{LookupError, RedisLookup};
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
+use arrow::compute::{cast, filter_record_batch, nullif};
+use arrow::datatypes::{DataType, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{DFSchemaRef, DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, Extension, JoinType, LogicalPlan, Operator, UserDefinedLogicalNode,
+    UserDefinedLogicalNodeCore,
+};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use futures::StreamExt;
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A declared lookup table, as the planner needs it.
+#[derive(Debug, Clone)]
+pub struct LookupTable {
+    /// Its `METADATA FROM 'key'` column.
+    pub key_column: String,
+    /// The declared columns in order (key included).
+    pub columns: Vec<String>,
+    /// The connection, cache and counters.
+    pub lookup: Arc<RedisLookup>,
+}
+
+/// Lookup tables by name.
+pub type LookupTables = Arc<HashMap<String, LookupTable>>;
+
+/// `input ⋈ table ON table.key = key` (the logical node).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LookupJoinNode {
+    input: LogicalPlan,
+    key: Expr,
+    table: String,
+    inner: bool,
+    schema: DFSchemaRef,
+}
+
+impl PartialOrd for LookupJoinNode {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        match self.table.cmp(&other.table) {
+            Ordering::Equal => {}
+            o => return Some(o),
+        }
+        match self.inner.cmp(&other.inner) {
+            Ordering::Equal => {}
+            o => return Some(o),
+        }
+        match self.key.partial_cmp(&other.key) {
+            Some(Ordering::Equal) => {}
+            o => return o,
+        }
+        self.input.partial_cmp(&other.input)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for LookupJoinNode {
+    fn name(&self) -> &str {
+        "LookupJoin"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![self.key.clone()]
+    }
+
+    fn prevent_predicate_push_down_columns(&self) -> HashSet<String> {
+        // Filters on the input's columns may run before the lookup (fewer keys to fetch);
+        // filters on the looked-up columns must stay above it.
+        let left = self.input.schema();
+        self.schema
+            .fields()
+            .iter()
+            .skip(left.fields().len())
+            .map(|f| f.name().clone())
+            .collect()
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "LookupJoin: {} {} ON key = {}",
+            if self.inner { "INNER" } else { "LEFT" },
+            self.table,
+            self.key
+        )
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        mut exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> DfResult<Self> {
+        let (Some(key), Some(input)) = (exprs.pop(), inputs.pop()) else {
+            return Err(DataFusionError::Internal(
+                "LookupJoin takes one expression and one input".into(),
+            ));
+        };
+        Ok(Self {
+            input,
+            key,
+            table: self.table.clone(),
+            inner: self.inner,
+            schema: Arc::clone(&self.schema),
+        })
+    }
+}
+
+/// The lookup table a join side scans, if it is one (`t` or `t AS alias`).
+fn lookup_scan<'a>(
+    plan: &'a LogicalPlan,
+    tables: &HashMap<String, LookupTable>,
+) -> Option<&'a str> {
+    match plan {
+        LogicalPlan::TableScan(t) if tables.contains_key(t.table_name.table()) => {
+            Some(t.table_name.table())
+        }
+        LogicalPlan::SubqueryAlias(a) => lookup_scan(&a.input, tables),
+        _ => None,
+    }
+}
+
+/// Why a join over a lookup table cannot run, for the start-up error.
+#[derive(Debug)]
+pub struct Unsupported {
+    /// The construct.
+    pub construct: String,
+    /// What to do instead.
+    pub message: String,
+}
+
+/// Replaces every join whose right side is a lookup table with a [`LookupJoinNode`].
+pub fn rewrite(
+    plan: LogicalPlan,
+    tables: &HashMap<String, LookupTable>,
+) -> Result<LogicalPlan, Unsupported> {
+    if tables.is_empty() {
+        return Ok(plan);
+    }
+    let mut problem: Option<Unsupported> = None;
+    let out = plan.transform_up(|node| {
+        let LogicalPlan::Join(j) = &node else {
+            return Ok(Transformed::no(node));
+        };
+        if let Some(t) = lookup_scan(&j.left, tables) {
+            problem = Some(Unsupported {
+                construct: format!("JOIN with lookup table {t} on the left"),
+                message: "a Redis lookup table must be the right side of the join (`FROM stream s LEFT JOIN lookup l ON l.key = ...`)".into(),
+            });
+            return Ok(Transformed::new(node, false, TreeNodeRecursion::Stop));
+        }
+        let Some(name) = lookup_scan(&j.right, tables) else {
+            return Ok(Transformed::no(node));
+        };
+        match lookup_key(j, name, tables) {
+            Ok((key, inner)) => {
+                let n = LookupJoinNode {
+                    input: j.left.as_ref().clone(),
+                    key,
+                    table: name.to_string(),
+                    inner,
+                    schema: Arc::clone(&j.schema),
+                };
+                Ok(Transformed::yes(LogicalPlan::Extension(Extension { node: Arc::new(n) })))
+            }
+            Err(e) => {
+                problem = Some(e);
+                Ok(Transformed::new(node, false, TreeNodeRecursion::Stop))
+            }
+        }
+    });
+    if let Some(p) = problem {
+        return Err(p);
+    }
+    out.map(|t| t.data).map_err(|e| Unsupported {
+        construct: "lookup join".into(),
+        message: e.to_string(),
+    })
+}
+
+/// The key expression over the left side, and whether the join is INNER.
+fn lookup_key(
+    j: &datafusion::logical_expr::Join,
+    name: &str,
+    tables: &HashMap<String, LookupTable>,
+) -> Result<(Expr, bool), Unsupported> {
+    let construct = format!("JOIN {name}");
+    let inner = match j.join_type {
+        JoinType::Inner => true,
+        JoinType::Left => false,
+        other => {
+            return Err(Unsupported {
+                construct: format!("{other} JOIN {name}"),
+                message: "lookup joins are INNER or LEFT (the lookup table on the right)".into(),
+            });
+        }
+    };
+    let key_col = tables
+        .get(name)
+        .map(|t| t.key_column.as_str())
+        .unwrap_or("key");
+    let right = j.right.schema();
+    let left = j.left.schema();
+    let is_key = |e: &Expr| match e {
+        Expr::Column(c) => right.index_of_column(c).is_ok() && c.name == key_col,
+        _ => false,
+    };
+    let on_left = |e: &Expr| {
+        e.column_refs()
+            .iter()
+            .all(|c| left.index_of_column(c).is_ok())
+    };
+    let mut conjuncts: Vec<(Expr, Expr)> = j.on.clone();
+    if let Some(f) = &j.filter {
+        for c in split_conjunction(f) {
+            match c {
+                Expr::BinaryExpr(BinaryExpr {
+                    left,
+                    op: Operator::Eq,
+                    right,
+                }) => conjuncts.push((left.as_ref().clone(), right.as_ref().clone())),
+                other => {
+                    return Err(Unsupported {
+                        construct,
+                        message: format!(
+                            "the ON clause of a lookup join may only compare the key column `{key_col}` for equality; `{other}` is not supported (move it to WHERE)"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    let mut key = None;
+    for (a, b) in conjuncts {
+        let k = if is_key(&b) && on_left(&a) {
+            a
+        } else if is_key(&a) && on_left(&b) {
+            b
+        } else {
+            return Err(Unsupported {
+                construct,
+                message: format!(
+                    "the ON clause of a lookup join must be `{name}.{key_col} = <expression over the other side>`; `{a} = {b}` is not"
+                ),
+            });
+        };
+        if key.replace(k).is_some() {
+            return Err(Unsupported {
+                construct,
+                message: "a lookup join takes exactly one key equality".into(),
+            });
+        }
+    }
+    key.map(|k| (k, inner)).ok_or(Unsupported {
+        construct,
+        message: format!("a lookup join needs `ON {name}.{key_col} = <expression>`"),
+    })
+}
+
+/// Plans [`LookupJoinNode`]s.
+#[derive(Debug)]
+pub struct LookupPlanner {
+    tables: LookupTables,
+}
+
+impl LookupPlanner {
+    /// A planner for these tables.
+    pub fn new(tables: LookupTables) -> Self {
+        Self { tables }
+    }
+}
+
+#[async_trait]
+impl ExtensionPlanner for LookupPlanner {
+    async fn plan_extension(
+        &self,
+        planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        session: &dyn Session,
+        planning_ctx: &PhysicalPlanningContext,
+    ) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(n) = node.as_any().downcast_ref::<LookupJoinNode>() else {
+            return Ok(None);
+        };
+        let Some(table) = self.tables.get(&n.table) else {
+            return Err(DataFusionError::Plan(format!(
+                "unknown lookup table {}",
+                n.table
+            )));
+        };
+        let [input] = physical_inputs else {
+            return Err(DataFusionError::Internal("LookupJoin has one input".into()));
+        };
+        let key = planner.create_physical_expr(&n.key, n.input.schema(), session, planning_ctx)?;
+        Ok(Some(Arc::new(LookupJoinExec::new(
+            Arc::clone(input),
+            key,
+            table.clone(),
+            n.inner,
+            Arc::new(n.schema.as_arrow().clone()),
+        ))))
+    }
+}
+
+/// The session's query planner: DataFusion's, plus lookup joins.
+#[derive(Debug)]
+pub struct QueryPlanner {
+    tables: LookupTables,
+}
+
+impl QueryPlanner {
+    /// A planner for these tables.
+    pub fn new(tables: LookupTables) -> Self {
+        Self { tables }
+    }
+}
+
+#[async_trait]
+impl datafusion::execution::context::QueryPlanner for QueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(LookupPlanner::new(
+            Arc::clone(&self.tables),
+        ))])
+        .create_physical_plan(logical_plan, session)
+        .await
+    }
+}
+
+/// Physical lookup join: per input batch, one lookup of its distinct keys.
+#[derive(Debug)]
+pub struct LookupJoinExec {
+    input: Arc<dyn ExecutionPlan>,
+    key: Arc<dyn PhysicalExpr>,
+    table: LookupTable,
+    inner: bool,
+    schema: SchemaRef,
+    props: Arc<PlanProperties>,
+}
+
+impl LookupJoinExec {
+    fn new(
+        input: Arc<dyn ExecutionPlan>,
+        key: Arc<dyn PhysicalExpr>,
+        table: LookupTable,
+        inner: bool,
+        schema: SchemaRef,
+    ) -> Self {
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(
+                input.properties().output_partitioning().partition_count(),
+            ),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self {
+            input,
+            key,
+            table,
+            inner,
+            schema,
+            props: Arc::new(props),
+        }
+    }
+}
+
+impl DisplayAs for LookupJoinExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "LookupJoinExec: {} key={}",
+            if self.inner { "inner" } else { "left" },
+            self.key
+        )
+    }
+}
+
+impl ExecutionPlan for LookupJoinExec {
+    fn name(&self) -> &str {
+        "LookupJoinExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        f(&self.key)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let Some(input) = children.pop() else {
+            return Err(DataFusionError::Internal(
+                "LookupJoinExec has one child".into(),
+            ));
+        };
+        Ok(Arc::new(Self::new(
+            input,
+            Arc::clone(&self.key),
+            self.table.clone(),
+            self.inner,
+            Arc::clone(&self.schema),
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let key = Arc::clone(&self.key);
+        let table = self.table.clone();
+        let inner = self.inner;
+        let schema = Arc::clone(&self.schema);
+        let out_schema = Arc::clone(&schema);
+        let stream = input.then(move |batch| {
+            let key = Arc::clone(&key);
+            let table = table.clone();
+            let schema = Arc::clone(&schema);
+            async move { join_batch(batch?, key.as_ref(), &table, inner, &schema).await }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
+    }
+}
+
+/// First wait after a failed lookup; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+async fn join_batch(
+    batch: RecordBatch,
+    key: &dyn PhysicalExpr,
+    table: &LookupTable,
+    inner: bool,
+    schema: &SchemaRef,
+) -> DfResult<RecordBatch> {
+    let n = batch.num_rows();
+    if n == 0 {
+        return Ok(RecordBatch::new_empty(Arc::clone(schema)));
+    }
+    let keys = key.evaluate(&batch)?.into_array(n)?;
+    let keys = cast(&keys, &DataType::Utf8)?;
+    let keys = keys
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| DataFusionError::Internal("lookup key is not a string".into()))?;
+    let mut wait = FIRST_BACKOFF;
+    let found = loop {
+        match table.lookup.lookup_distinct(keys).await {
+            Ok(d) => break d,
+            Err(e) if e.is_retryable() => {
+                table
+                    .lookup
+                    .stats()
+                    .held
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "Redis lookup failed; holding the batch and retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => return Err(DataFusionError::External(Box::new(e))),
+        }
+    };
+    let state = found
+        .aligned(&table.lookup.aligned_schema())
+        .map_err(|e| DataFusionError::External(Box::new(LookupError::Internal(e.to_string()))))?;
+    let missing = arrow::compute::is_null(&found.indices)?;
+    let key_out = nullif(keys, &missing)?;
+    let value_schema = table.lookup.aligned_schema();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    for name in &table.columns {
+        if *name == table.key_column {
+            columns.push(Arc::clone(&key_out));
+        } else {
+            let i = value_schema.index_of(name)?;
+            columns.push(Arc::clone(state.column(i)));
+        }
+    }
+    let columns = columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c)
+            } else {
+                cast(&c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let out = RecordBatch::try_new(Arc::clone(schema), columns)?;
+    if inner {
+        let found = arrow::compute::not(&missing)?;
+        Ok(filter_record_batch(&out, &found)?)
+    } else {
+        Ok(out)
+    }
+}
