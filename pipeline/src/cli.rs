@@ -1,4 +1,4 @@
-//! The `leasewatch` command line: `replay`, `check`, `state load`, `run`.
+//! The `leasewatch` command line: `replay`, `check`, `state load`, `run`, `report`.
 
 use crate::config::Config;
 use crate::engine::{Blame, Engine, EngineError, EngineOptions};
@@ -65,6 +65,18 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Write an HTML risk report of an alert archive (Parquet files of alert rows, in
+    /// ARCHIVE and its subfolders): risk by signal, grade and area, overdue rate by DPD
+    /// bucket, the collection funnel and the top devices, as tables and inline SVG
+    /// charts in one self-contained file. Prints a one-line summary.
+    Report {
+        /// The archive folder.
+        #[arg(long)]
+        archive: PathBuf,
+        /// The HTML file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `leasewatch state ...`.
@@ -121,6 +133,9 @@ pub enum CliError {
     /// `run` failure.
     #[error(transparent)]
     Run(#[from] crate::run::RunError),
+    /// `report` failure.
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
 }
 
 impl CliError {
@@ -129,6 +144,7 @@ impl CliError {
         let blame = match self {
             Self::Config(_) => Blame::User,
             Self::Run(e) => e.blame(),
+            Self::Report(e) => e.blame(),
             Self::State(e) => state_blame(e),
             Self::Engine(e) | Self::Replay(ReplayError::Engine(e)) => e.blame(),
             Self::Replay(ReplayError::Format { .. }) => Blame::User,
@@ -269,6 +285,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Run { config } => {
             let c = load_config(config.as_ref(), None)?;
             crate::run::run(&c).await?;
+            Ok(())
+        }
+        Command::Report { archive, out } => {
+            let summary =
+                crate::report::report(&crate::report::ReportOptions { archive, out }).await?;
+            println!("{}", summary.to_line());
             Ok(())
         }
     }

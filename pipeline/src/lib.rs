@@ -11,6 +11,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod redis_client;
 pub mod replay;
+pub mod report;
 pub mod run;
 pub mod sink;
 pub mod state;

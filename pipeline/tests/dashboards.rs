@@ -1,42 +1,46 @@
-//! The Grafana dashboards against the code and a real Prometheus.
+//! The Grafana dashboards against the code, a real `leasewatch run` and a real Prometheus.
 //!
 //! 1. Every metric a panel names is one `leasewatch::metrics` declares (a small PromQL
 //!    identifier scanner reads each panel's `expr`).
-//! 2. A real Prometheus (Debian package `prometheus`; installed when missing) scrapes a
-//!    pipeline under load every second, then evaluates every expression of every panel
-//!    through `/api/v1/query`: each must parse, and the [`CORE`] panels must return data.
+//! 2. A real Prometheus (Debian package `prometheus`; installed when missing) scrapes the
+//!    real `leasewatch run` binary every second while the test feeds it pings over HTTP,
+//!    then evaluates every expression of every panel through `/api/v1/query`: each must
+//!    parse, and the [`CORE`] panels must return data. Every metric a dashboard names
+//!    must be among the series Prometheus actually scraped.
 //!
-//! The pipeline is assembled in-process from the real parts, because the Redis lookup
-//! and alert sink are not yet wired into `leasewatch run`: the ingest router with its WAL, the engine on a small SQL folder fed from the
-//! WAL, the Redis lease lookup and alert sink against a private `redis-server`,
-//! checkpoints, and the Redis sampler, all reporting into one `Metrics` registry.
+//! `leasewatch run` does not yet wire the Redis stages (the lease lookup, the alert sink
+//! and the queue/lease sampler: their `leasewatch_lookup_*`, `leasewatch_sink_*` and
+//! `leasewatch_queue_*`/`leasewatch_state_*` series), so those come from a second scrape
+//! target: the real lookup, sink and sampler driven in-process from the same pings,
+//! against a private `redis-server` ([`StandIn`]). Prometheus takes exactly those series
+//! from it and every other one from the real process ([`from_stand_in`]); a check on the
+//! real process's `/metrics` fails as soon as it produces one of them itself, so the
+//! stand-in shrinks as `run` grows.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, StringArray};
 use arrow::datatypes::Int32Type;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use leasewatch::engine::{Engine, EngineOptions};
-use leasewatch::ingest::{IngestConfig, IngestState, Lag, router, serve};
 use leasewatch::lookup::{LookupConfig, RedisLookup};
 use leasewatch::metrics::{DEFS, Kind, Metrics};
 use leasewatch::redis_client::{ConnectionConfig, RedisConn};
 use leasewatch::sink::redis::{RedisAlertSink, RedisSinkConfig};
-use leasewatch::wal::{CheckpointStore, Lsn, Wal, WalConfig};
 use leasewatch_schemas::{
-    Alert, Grade, Keys, LeaseState, LeaseStatus, Queue, Reason, SignalKind, col, lease_schema,
+    Alert, Grade, Keys, LeaseState, LeaseStatus, Queue, Reason, SignalKind, lease_schema,
 };
 use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::redis::RedisServer;
+use support::run::RunSetup;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Panels that must return data against a pipeline under load (by dashboard file and
@@ -340,7 +344,106 @@ fn dashboards_are_well_formed() {
 }
 
 // ---------------------------------------------------------------------------------------
-// A real Prometheus against a pipeline under load.
+// Where each series comes from.
+
+/// The Prometheus job of the real `leasewatch run` process.
+const RUN_JOB: &str = "leasewatch";
+/// The Prometheus job of the in-process stand-in for the Redis stages.
+const STAND_IN_JOB: &str = "redis-stages";
+
+/// Metric name prefixes of the Redis stages `leasewatch run` does not wire yet.
+const STAND_IN_PREFIXES: &[&str] = &[
+    "leasewatch_lookup_",
+    "leasewatch_queue_",
+    "leasewatch_state_",
+];
+/// The alert sink's prefix: all its series except the receive-to-done latency
+/// (`leasewatch_sink_end_to_end_seconds{from="receive_time"}`), which `run` measures.
+const SINK_PREFIX: &str = "leasewatch_sink_";
+
+/// Whether the series `name` (with label `from`, or "" without) is taken from the
+/// stand-in rather than from `leasewatch run`. [`stand_in_regex`] says the same to
+/// Prometheus.
+fn from_stand_in(name: &str, from: &str) -> bool {
+    STAND_IN_PREFIXES.iter().any(|p| name.starts_with(p))
+        || (name.starts_with(SINK_PREFIX) && (from.is_empty() || from == "event_time"))
+}
+
+/// [`from_stand_in`] as a Prometheus relabel regex over `__name__;from` (anchored).
+fn stand_in_regex() -> String {
+    format!(
+        "({})[^;]*;.*|{SINK_PREFIX}[^;]*;(event_time)?",
+        STAND_IN_PREFIXES.join("|")
+    )
+}
+
+/// The jobs a dashboard metric (a series name) must come from: the end-to-end latency
+/// from both (its `from` label tells them apart), any other from one.
+fn sources(name: &str) -> Vec<&'static str> {
+    if name.starts_with("leasewatch_sink_end_to_end_seconds") {
+        vec![STAND_IN_JOB, RUN_JOB]
+    } else if from_stand_in(name, "") {
+        vec![STAND_IN_JOB]
+    } else {
+        vec![RUN_JOB]
+    }
+}
+
+/// `(series name, from label, value)` of every sample of a text exposition.
+fn samples(exposition: &str) -> Vec<(String, String, f64)> {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let end = l.find(['{', ' '])?;
+            let name = l[..end].to_string();
+            let from = l
+                .find("from=\"")
+                .map(|i| {
+                    let rest = &l[i + 6..];
+                    rest[..rest.find('"').unwrap_or(0)].to_string()
+                })
+                .unwrap_or_default();
+            let value = l.rsplit(' ').next()?.parse().ok()?;
+            Some((name, from, value))
+        })
+        .collect()
+}
+
+#[test]
+fn stand_in_split() {
+    assert!(from_stand_in("leasewatch_lookup_cache_hits_total", ""));
+    assert!(from_stand_in("leasewatch_sink_alerts_total", ""));
+    assert!(from_stand_in(
+        "leasewatch_sink_end_to_end_seconds_bucket",
+        "event_time"
+    ));
+    assert!(!from_stand_in(
+        "leasewatch_sink_end_to_end_seconds_bucket",
+        "receive_time"
+    ));
+    assert!(!from_stand_in("leasewatch_engine_rows_in_total", ""));
+    assert_eq!(
+        sources("leasewatch_sink_end_to_end_seconds_count"),
+        vec![STAND_IN_JOB, RUN_JOB]
+    );
+    assert_eq!(sources("leasewatch_wal_commits_total"), vec![RUN_JOB]);
+    assert_eq!(sources("leasewatch_sink_alerts_total"), vec![STAND_IN_JOB]);
+    assert_eq!(
+        stand_in_regex(),
+        "(leasewatch_lookup_|leasewatch_queue_|leasewatch_state_)[^;]*;.*|leasewatch_sink_[^;]*;(event_time)?"
+    );
+    assert_eq!(
+        samples("# HELP x\nx_total 3\ny_bucket{from=\"a\",le=\"+Inf\"} 2.5\n"),
+        vec![
+            ("x_total".to_string(), String::new(), 3.0),
+            ("y_bucket".to_string(), "a".to_string(), 2.5)
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// A real Prometheus against a real `leasewatch run` under load.
 
 fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
@@ -397,15 +500,32 @@ fn ensure_prometheus() {
 }
 
 impl Prometheus {
-    fn start(target: SocketAddr) -> Self {
+    /// Scrapes `run` (job [`RUN_JOB`], the stand-in's series dropped) and `stand_in`
+    /// (job [`STAND_IN_JOB`], only those series kept) every second.
+    fn start(run: SocketAddr, stand_in: SocketAddr) -> Self {
         ensure_prometheus();
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
+        let regex = stand_in_regex();
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: leasewatch\n    static_configs:\n      - targets: [\"{target}\"]\n"
+                 scrape_configs:\n\
+                 \x20 - job_name: {RUN_JOB}\n\
+                 \x20   static_configs:\n\
+                 \x20     - targets: [\"{run}\"]\n\
+                 \x20   metric_relabel_configs:\n\
+                 \x20     - source_labels: [__name__, from]\n\
+                 \x20       regex: '{regex}'\n\
+                 \x20       action: drop\n\
+                 \x20 - job_name: {STAND_IN_JOB}\n\
+                 \x20   static_configs:\n\
+                 \x20     - targets: [\"{stand_in}\"]\n\
+                 \x20   metric_relabel_configs:\n\
+                 \x20     - source_labels: [__name__, from]\n\
+                 \x20       regex: '{regex}'\n\
+                 \x20       action: keep\n"
             ),
         )
         .unwrap();
@@ -440,6 +560,28 @@ impl Prometheus {
         let (_, body) = http(addr, "GET", &path, &[], Bytes::new()).await;
         serde_json::from_slice(&body)
             .unwrap_or_else(|e| panic!("{expr}: {e}: {}", String::from_utf8_lossy(&body)))
+    }
+
+    /// The value of a one-sample expression (0 when it has no sample).
+    async fn value(&self, expr: &str) -> f64 {
+        let v = self.query(expr).await;
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Metric names Prometheus holds from `job`.
+    async fn names(&self, job: &str) -> BTreeSet<String> {
+        let v = self
+            .query(&format!("count by (__name__) ({{job=\"{job}\"}})"))
+            .await;
+        v["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["metric"]["__name__"].as_str().map(str::to_string))
+            .collect()
     }
 
     async fn wait_ready(&self) {
@@ -580,82 +722,73 @@ fn lease(n: u64) -> LeaseState {
     }
 }
 
-/// One NDJSON request: `rows` pings, some late, some rooted, some invalid.
-fn request_body(round: u64, rows: u64) -> String {
+/// One ping of a request, as the stand-in needs it.
+struct Ping {
+    device: String,
+    event_time: i64,
+    rooted: bool,
+    /// Ingest accepts it (the others have a bad IMEI or battery level).
+    valid: bool,
+}
+
+/// One NDJSON request of `rows` pings, some late, some rooted, some invalid; and the
+/// pings.
+fn request(round: u64, rows: u64) -> (String, Vec<Ping>) {
     let now = now_ms();
-    (0..rows)
+    let mut pings = Vec::with_capacity(rows as usize);
+    let body = (0..rows)
         .map(|i| {
             let k = round * rows + i;
             let n = k % DEVICES;
             let late = k.is_multiple_of(17);
             let t = if late { now - 30_000 } else { now - 200 };
-            let device = if k.is_multiple_of(23) {
+            let bad_id = k.is_multiple_of(23);
+            let device = if bad_id {
                 "12345".to_string() // rejected: bad_format
             } else {
                 imei(n)
             };
-            let battery = if k.is_multiple_of(29) { 250 } else { 50 }; // 250: out_of_range
+            let bad_battery = k.is_multiple_of(29);
+            let battery = if bad_battery { 250 } else { 50 }; // 250: out_of_range
+            let rooted = n.is_multiple_of(31);
+            pings.push(Ping {
+                device: device.clone(),
+                event_time: t,
+                rooted,
+                valid: !bad_id && !bad_battery,
+            });
             format!(
-                r#"{{"device_id":"{device}","event_time":{t},"seq":{k},"lat":-1.29,"lon":36.82,"battery_pct":{battery},"rooted":{},"event_kind":"heartbeat"}}"#,
-                n.is_multiple_of(31)
+                r#"{{"device_id":"{device}","event_time":{t},"seq":{k},"lat":-1.29,"lon":36.82,"battery_pct":{battery},"rooted":{rooted},"event_kind":"heartbeat"}}"#
             ) + "\n"
         })
-        .collect()
+        .collect();
+    (body, pings)
 }
 
-/// The engine side of the in-process pipeline: WAL -> engine -> lookup -> alert sink.
-struct EngineSide {
-    engine: Engine,
+/// The Redis stages `leasewatch run` does not wire yet, in-process: the lease lookup and
+/// the alert sink against a private `redis-server`, fed the pings `run` accepted, and
+/// the queue/lease sampler, reporting into their own registry served on `/metrics`.
+struct StandIn {
     lookup: RedisLookup,
     sink: RedisAlertSink,
-    store: CheckpointStore,
-    metrics: Metrics,
-    consumed: Lsn,
-    progress: tokio::sync::watch::Sender<Lsn>,
-    last_checkpoint: Instant,
 }
 
-impl EngineSide {
-    async fn drain(&mut self, wal: &Wal) {
-        let entries: Vec<_> = wal.reader(self.consumed).unwrap().collect();
-        for entry in entries {
-            let (lsn, batch) = entry.unwrap();
-            self.engine.process(&batch).await.unwrap();
-            self.alerts(&batch).await;
-            self.metrics.record_engine(&self.engine);
-            self.metrics.batch_processed(&batch);
-            self.consumed = lsn;
-            self.progress.send_replace(lsn);
-        }
-        if self.last_checkpoint.elapsed() > Duration::from_secs(2) {
-            let t = Instant::now();
-            let state = self.engine.checkpoint().unwrap();
-            self.store.save(self.consumed, &state).unwrap();
-            self.metrics.checkpoint_saved(t.elapsed());
-            self.last_checkpoint = Instant::now();
-        }
-    }
-
+impl StandIn {
     /// Stand-in grading (the SQL grading is not wired to the Redis sink yet): rooted
     /// pings are tamper alerts; pings of overdue leases climb the collection ladder.
-    async fn alerts(&self, batch: &RecordBatch) {
-        let ids = batch.column(col::DEVICE_ID).as_string::<i32>();
-        let times = batch
-            .column(col::EVENT_TIME)
-            .as_primitive::<arrow::datatypes::TimestampMillisecondType>();
-        let rooted = batch.column_by_name("rooted").unwrap().as_boolean();
-        let state = self.lookup.lookup(ids).await.unwrap();
+    async fn process(&self, pings: &[Ping]) {
+        let pings: Vec<&Ping> = pings.iter().filter(|p| p.valid).collect();
+        let ids: StringArray = pings.iter().map(|p| Some(p.device.as_str())).collect();
+        let state = self.lookup.lookup(&ids).await.unwrap();
         let dpd = state
             .column_by_name("days_past_due")
             .unwrap()
             .as_primitive::<Int32Type>();
         let mut alerts = Vec::new();
-        for i in 0..batch.num_rows() {
-            let device = ids.value(i);
-            let t = times.value(i);
-            let minute = t / 60_000;
+        for (i, p) in pings.iter().enumerate() {
+            let minute = p.event_time / 60_000;
             let d = (!dpd.is_null(i)).then(|| dpd.value(i));
-            let (signal, grade, queue) = if rooted.is_valid(i) && rooted.value(i) {
+            let (signal, grade, queue) = if p.rooted {
                 (SignalKind::Tamper, Grade::High, Queue::Lock)
             } else if let Some(d @ 3..) = d {
                 match d {
@@ -668,14 +801,14 @@ impl EngineSide {
                 continue;
             };
             alerts.push(Alert {
-                alert_id: format!("{}:{device}:{minute}:{}", signal.as_str(), i % 3),
+                alert_id: format!("{}:{}:{minute}:{}", signal.as_str(), p.device, i % 3),
                 signal,
                 grade,
                 queue,
-                device_id: device.to_string(),
+                device_id: p.device.clone(),
                 lease_id: None,
                 customer_id: None,
-                event_time: t,
+                event_time: p.event_time,
                 window_start: None,
                 window_end: None,
                 days_past_due: d,
@@ -692,8 +825,49 @@ impl EngineSide {
     }
 }
 
+/// Serves `registry` on `GET /metrics` until `stop` fires.
+async fn serve_metrics(
+    registry: prometheus::Registry,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let r = registry.clone();
+            async move {
+                prometheus::TextEncoder::new()
+                    .encode_to_string(&r.gather())
+                    .unwrap()
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (addr, stop)
+}
+
+async fn get_text(addr: SocketAddr, path: &str) -> String {
+    let (status, body) = http(addr, "GET", path, &[], Bytes::new()).await;
+    assert_eq!(status, 200, "GET {path} on {addr}");
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_evaluates_every_panel() {
+    let started = Instant::now();
+    // The real pipeline: `leasewatch run`, checkpointing every second.
+    let setup = RunSetup::new(SQL, TOKEN, 1, "");
+    let mut run = setup.start();
+    let addr = run.addr;
+
+    // The stand-in for the Redis stages.
     let redis = RedisServer::start();
     let keys = Keys::new(PREFIX);
     {
@@ -717,18 +891,8 @@ async fn prometheus_evaluates_every_panel() {
         }
         p.query::<()>(&mut c).unwrap();
     }
-
-    let dir = tempfile::tempdir().unwrap();
-    let wal = Wal::open(&WalConfig::in_dir(dir.path().join("wal"))).unwrap();
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry).unwrap();
-    let (progress, consumed) = tokio::sync::watch::channel::<Lsn>(0);
-    let probe_wal = wal.clone();
-    let probe_consumed = consumed.clone();
-    metrics.with_wal(&wal).with_lag_probe(Arc::new(move || {
-        let (batches, rows) = probe_wal.backlog(*probe_consumed.borrow());
-        Lag { batches, rows }
-    }));
     let lookup = RedisLookup::new(
         LookupConfig::new(redis.url(), keys.lease_prefix()),
         lease_schema(),
@@ -745,46 +909,20 @@ async fn prometheus_evaluates_every_panel() {
         Duration::from_secs(1),
         100_000,
     );
+    let stand_in = StandIn { lookup, sink };
+    let (stand_in_addr, stop_stand_in) = serve_metrics(registry).await;
 
-    let config = IngestConfig {
-        tokens: vec![TOKEN.into()],
-        ..IngestConfig::default()
-    };
-    let state = IngestState::new(config, wal.clone(), registry)
-        .with_engine_progress(consumed)
-        .with_metrics(metrics.clone());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, router(state), async move {
-        let _ = stopped.await;
-    }));
-
-    let prom = Prometheus::start(addr);
+    let prom = Prometheus::start(addr, stand_in_addr);
     prom.wait_ready().await;
 
-    let files = vec![("pipeline.sql".to_string(), SQL.to_string())];
-    let engine = Engine::from_files(&files, &EngineOptions::default())
-        .await
-        .unwrap();
-    let mut side = EngineSide {
-        engine,
-        lookup,
-        sink,
-        store: CheckpointStore::open(dir.path().join("checkpoints")).unwrap(),
-        metrics: metrics.clone(),
-        consumed: 0,
-        progress,
-        last_checkpoint: Instant::now(),
-    };
-
-    // ~10 s of load: 20 requests of 100 pings a second, one unauthorised in 25.
+    // ~10 s of load on the real process: 20 requests of 100 pings a second, one
+    // unauthorised in 25, while Prometheus scrapes it every second.
     let auth = format!("Bearer {TOKEN}");
     let load_until = Instant::now() + Duration::from_secs(10);
     let mut round = 0u64;
     let mut accepted = 0u64;
     while Instant::now() < load_until {
-        let body = request_body(round, 100);
+        let (body, pings) = request(round, 100);
         let token = if round % 25 == 7 {
             "Bearer wrong-token-0123456789"
         } else {
@@ -801,51 +939,154 @@ async fn prometheus_evaluates_every_panel() {
             Bytes::from(body),
         )
         .await;
-        if status == 202 {
-            let v: Value = serde_json::from_slice(&reply).unwrap();
-            accepted += v["accepted"].as_u64().unwrap();
+        match status {
+            202 => {
+                let v: Value = serde_json::from_slice(&reply).unwrap();
+                let n = v["accepted"].as_u64().unwrap();
+                assert_eq!(n, pings.iter().filter(|p| p.valid).count() as u64, "{v}");
+                accepted += n;
+                stand_in.process(&pings).await;
+            }
+            401 => assert_eq!(round % 25, 7),
+            429 | 503 => {} // backpressure: fine under load, retried by real clients
+            s => panic!(
+                "POST /v1/pings: {s} {}\n{}",
+                String::from_utf8_lossy(&reply),
+                run.log()
+            ),
         }
-        side.drain(&wal).await;
         round += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    side.drain(&wal).await;
     assert!(accepted > 1000, "only {accepted} pings accepted");
-    // Let Prometheus scrape the final state a few times.
-    tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let up = prom.query("up").await;
-    assert_eq!(
-        up["data"]["result"][0]["value"][1],
-        "1",
-        "Prometheus did not scrape the pipeline: {up}\n{}",
-        prom.log()
+    // The engine catches up and Prometheus scrapes the final state.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ingested = prom
+            .value(&format!(
+                "sum(leasewatch_ingest_rows_total{{job=\"{RUN_JOB}\",result=\"accepted\"}})"
+            ))
+            .await;
+        let processed = prom
+            .value(&format!(
+                "sum(leasewatch_engine_rows_in_total{{job=\"{RUN_JOB}\"}})"
+            ))
+            .await;
+        if ingested == accepted as f64 && processed == accepted as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the load Prometheus sees {ingested} pings ingested and {processed} \
+             processed by leasewatch run, the test had {accepted} accepted\n{}",
+            run.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    for job in [RUN_JOB, STAND_IN_JOB] {
+        let up = prom.query(&format!("up{{job=\"{job}\"}}")).await;
+        assert_eq!(
+            up["data"]["result"][0]["value"][1],
+            "1",
+            "Prometheus did not scrape {job}: {up}\n{}",
+            prom.log()
+        );
+    }
+
+    // The real process produces none of the stand-in's series itself (only their
+    // zero-valued placeholders): when it does, the stand-in must give them up.
+    let run_exposition = get_text(addr, "/metrics").await;
+    let taken_over: BTreeSet<String> = samples(&run_exposition)
+        .into_iter()
+        .filter(|(name, from, v)| from_stand_in(name, from) && *v != 0.0)
+        .map(|(name, from, _)| format!("{name}{{from={from:?}}}"))
+        .collect();
+    assert!(
+        taken_over.is_empty(),
+        "leasewatch run now produces series the test takes from its stand-in for the Redis \
+         stages: {taken_over:?}. Narrow STAND_IN_PREFIXES / from_stand_in in \
+         pipeline/tests/dashboards.rs so Prometheus reads them from the real process."
+    );
+
+    // Every metric a dashboard names was scraped from where it must come from.
+    let scraped: BTreeMap<&str, BTreeSet<String>> = BTreeMap::from([
+        (RUN_JOB, prom.names(RUN_JOB).await),
+        (STAND_IN_JOB, prom.names(STAND_IN_JOB).await),
+    ]);
+    let mut not_scraped = Vec::new();
+    for (file, d) in dashboards() {
+        for (title, expr) in exprs(&d) {
+            for name in metric_names(&expr) {
+                for job in sources(&name) {
+                    if !scraped[job].contains(&name) {
+                        not_scraped.push(format!("{file} / {title}: {name} (job {job})"));
+                    }
+                }
+            }
+        }
+    }
+    not_scraped.sort();
+    not_scraped.dedup();
+    assert!(
+        not_scraped.is_empty(),
+        "dashboards name metrics the pipeline does not export:\n{}",
+        not_scraped.join("\n")
     );
 
     // The load reached every stage: not just series, but counts.
-    for expr in [
-        "sum(leasewatch_ingest_rows_total{result=\"accepted\"})",
-        "sum(leasewatch_ingest_rejects_total{reason=\"bad_format\"})",
-        "sum(leasewatch_ingest_requests_total{status=\"401\"})",
-        "sum(leasewatch_engine_late_rows_total)",
-        "sum(leasewatch_engine_rows_out_total{sink=\"rooted_pings\"})",
-        "sum(leasewatch_wal_fsync_duration_seconds_count)",
-        "sum(leasewatch_wal_checkpoint_duration_seconds_count)",
-        "sum(leasewatch_lookup_cache_hits_total)",
-        "sum(leasewatch_sink_alerts_total{signal=\"tamper\"})",
-        "sum(leasewatch_sink_alerts_total{queue=\"legal\"})",
-        "sum(leasewatch_sink_suppressed_total)",
-        "sum(leasewatch_sink_alerting_devices)",
-        "sum(leasewatch_queue_consumer_lag_messages)",
-        "sum(leasewatch_state_leases{dpd=\"30+\"})",
-        "sum(leasewatch_sink_end_to_end_seconds_count{from=\"receive_time\"})",
+    for (job, expr) in [
+        (RUN_JOB, "leasewatch_ingest_rows_total{result=\"accepted\"}"),
+        (
+            RUN_JOB,
+            "leasewatch_ingest_rejects_total{reason=\"bad_format\"}",
+        ),
+        (
+            RUN_JOB,
+            "leasewatch_ingest_rejects_total{reason=\"out_of_range\"}",
+        ),
+        (RUN_JOB, "leasewatch_ingest_requests_total{status=\"401\"}"),
+        (RUN_JOB, "leasewatch_engine_late_rows_total"),
+        (
+            RUN_JOB,
+            "leasewatch_engine_rows_out_total{sink=\"rooted_pings\"}",
+        ),
+        (RUN_JOB, "leasewatch_engine_windows_emitted_total"),
+        (RUN_JOB, "leasewatch_engine_active_devices"),
+        (RUN_JOB, "leasewatch_wal_fsync_duration_seconds_count"),
+        (RUN_JOB, "leasewatch_wal_checkpoint_duration_seconds_count"),
+        (
+            RUN_JOB,
+            "leasewatch_sink_end_to_end_seconds_count{from=\"receive_time\"}",
+        ),
+        (RUN_JOB, "leasewatch_process_resident_memory_bytes"),
+        (STAND_IN_JOB, "leasewatch_lookup_cache_hits_total"),
+        (
+            STAND_IN_JOB,
+            "leasewatch_sink_alerts_total{signal=\"tamper\"}",
+        ),
+        (
+            STAND_IN_JOB,
+            "leasewatch_sink_alerts_total{queue=\"legal\"}",
+        ),
+        (STAND_IN_JOB, "leasewatch_sink_suppressed_total"),
+        (STAND_IN_JOB, "leasewatch_sink_alerting_devices"),
+        (
+            STAND_IN_JOB,
+            "leasewatch_sink_end_to_end_seconds_count{from=\"event_time\"}",
+        ),
+        (STAND_IN_JOB, "leasewatch_queue_consumer_lag_messages"),
+        (STAND_IN_JOB, "leasewatch_state_leases{dpd=\"30+\"}"),
     ] {
-        let v = prom.query(expr).await;
-        let n: f64 = v["data"]["result"][0]["value"][1]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0.0);
-        assert!(n > 0.0, "{expr} = {n}: {v}");
+        let selector = match expr.split_once('{') {
+            Some((name, rest)) => format!("{name}{{job=\"{job}\",{rest}"),
+            None => format!("{expr}{{job=\"{job}\"}}"),
+        };
+        let expr = format!("sum({selector})");
+        let n = prom.value(&expr).await;
+        assert!(n > 0.0, "{expr} = {n}: {}", prom.query(&expr).await);
     }
 
     let mut failures = Vec::new();
@@ -870,7 +1111,10 @@ async fn prometheus_evaluates_every_panel() {
         }
     }
     eprintln!(
-        "evaluated {evaluated} expressions; non-core without data: {}",
+        "evaluated {evaluated} expressions against leasewatch run (pid {}) and the Redis \
+         stand-in after {accepted} pings in {:.1} s; non-core without data: {}",
+        run.pid(),
+        started.elapsed().as_secs_f64(),
         if empty_optional.is_empty() {
             "none".to_string()
         } else {
@@ -878,7 +1122,10 @@ async fn prometheus_evaluates_every_panel() {
         }
     );
     sampler.abort();
-    let _ = stop.send(());
-    let _ = server.await;
+    let _ = stop_stand_in.send(());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // It stops cleanly after the load.
+    let status = run.stop();
+    assert!(status.success(), "exit {status}:\n{}", run.log());
 }
