@@ -81,7 +81,7 @@ SELECT
   device_id, lease_id, customer_id, event_time, window_start, window_end,
   CAST(dpd AS INT) AS days_past_due, band AS credit_band, lat, lon,
   concat(
-    '[{"rule":"', signal, '","value":', COALESCE(CAST(value AS VARCHAR), 'null'),
+    '[{"rule":"', signal, '","value":', COALESCE(CAST(round(value, 2) AS VARCHAR), 'null'),
     ',"threshold":', COALESCE(CAST(threshold AS VARCHAR), 'null'),
     ',"detail":', CASE WHEN detail IS NULL THEN 'null'
                        ELSE concat('"', replace(replace(detail, '\', '\\'), '"', '\"'), '"') END,

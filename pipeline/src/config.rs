@@ -40,6 +40,10 @@ pub struct EngineConfig {
     /// the SQL's `address` option; e.g. `redis://127.0.0.1:6379` or
     /// `rediss://user:pass@host:6380` (with the `tls` feature).
     pub redis_url: Option<String>,
+    /// Seconds between lease sweeps in `leasewatch run` (the SQL's `lease_sweep` table:
+    /// the overdue ladder for every lease, also devices that stopped pinging); the first
+    /// runs at start. 0 turns it off.
+    pub sweep_interval_secs: u64,
 }
 
 impl Default for EngineConfig {
@@ -50,6 +54,7 @@ impl Default for EngineConfig {
             geofences: None,
             checkpoint_interval_secs: 60,
             redis_url: None,
+            sweep_interval_secs: 3600,
         }
     }
 }

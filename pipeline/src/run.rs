@@ -172,6 +172,28 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
 
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry).map_err(|e| RunError::Internal(e.to_string()))?;
+    for (table, lookup) in engine.lookups() {
+        metrics.add_lookup(table, lookup.stats());
+    }
+    for stats in engine.redis_sink_stats() {
+        metrics.add_sink(stats);
+    }
+    // Queue lengths and the DPD distribution, sampled from the Redis the SQL uses.
+    let sampler = match engine.redis_url() {
+        Some(url) => {
+            let conn = crate::redis_client::RedisConn::new(
+                &crate::redis_client::ConnectionConfig::new(url),
+            )
+            .map_err(|e| RunError::Internal(format!("Redis sampler: {e}")))?;
+            Some(metrics.spawn_redis_sampler(
+                Arc::new(conn),
+                leasewatch_schemas::Keys::default(),
+                Duration::from_secs(10),
+                10_000,
+            ))
+        }
+        None => None,
+    };
     let (progress, consumed_rx) = watch::channel(consumed);
     let probe_wal = wal.clone();
     let probe_consumed = consumed_rx.clone();
@@ -205,10 +227,16 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
         progress,
         interval: Duration::from_secs(config.engine.checkpoint_interval_secs.max(1)),
         last_checkpoint: Instant::now(),
+        sweep_every: (config.engine.sweep_interval_secs > 0)
+            .then(|| Duration::from_secs(config.engine.sweep_interval_secs)),
+        next_sweep: Instant::now(),
         saved: consumed,
         older: consumed,
     };
     let outcome = side.follow(&stop, server).await;
+    if let Some(s) = sampler {
+        s.abort();
+    }
     match outcome {
         Err(e) => {
             eprintln!(
@@ -287,6 +315,10 @@ struct EngineSide {
     progress: watch::Sender<Lsn>,
     interval: Duration,
     last_checkpoint: Instant,
+    /// How often the lease sweep runs (None: never; also when the SQL has no sweep table).
+    sweep_every: Option<Duration>,
+    /// When it runs next (at start, then every `sweep_every`).
+    next_sweep: Instant,
     /// Lsn of the newest checkpoint on disk.
     saved: Lsn,
     /// Lsn of the checkpoint before it (the store keeps both).
@@ -327,7 +359,12 @@ impl EngineSide {
             if self.last_checkpoint.elapsed() >= self.interval {
                 self.checkpoint()?;
             }
-            let due = tokio::time::Instant::from_std(self.last_checkpoint + self.interval);
+            self.sweep_if_due().await?;
+            let mut due = self.last_checkpoint + self.interval;
+            if self.sweep_every.is_some() && self.engine.has_sweep() {
+                due = due.min(self.next_sweep);
+            }
+            let due = tokio::time::Instant::from_std(due);
             tokio::select! {
                 changed = head.changed() => {
                     if changed.is_err() {
@@ -349,6 +386,29 @@ impl EngineSide {
                 }
             }
         }
+    }
+
+    /// Runs the lease sweep (the overdue ladder for every lease, pinging or not) when it
+    /// is due, at the wall-clock time. Redis unreachable: logged, tried again next time.
+    async fn sweep_if_due(&mut self) -> Result<(), RunError> {
+        let Some(every) = self.sweep_every else {
+            return Ok(());
+        };
+        if !self.engine.has_sweep() || Instant::now() < self.next_sweep {
+            return Ok(());
+        }
+        self.next_sweep = Instant::now() + every;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        match self.engine.sweep_leases(now_ms).await {
+            Ok(n) => tracing::info!(devices = n, "lease sweep"),
+            Err(EngineError::Internal(e)) if e.starts_with("lease sweep") => {
+                tracing::warn!(error = %e, "lease sweep failed; trying again at the next interval");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
     }
 
     /// Processes every WAL entry after `consumed` up to the current head, then flushes

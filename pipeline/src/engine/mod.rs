@@ -679,6 +679,17 @@ impl Engine {
         Ok(n)
     }
 
+    /// The Redis the SQL's lookup tables read (the configured URL, else the first lookup
+    /// table's `address`); `None` without lookup tables.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.lookups.first().map(|(_, l)| l.config().redis.url.as_str())
+    }
+
+    /// Counters of the Redis alert sinks in use.
+    pub fn redis_sink_stats(&self) -> Vec<Arc<crate::sink::redis::SinkStats>> {
+        self.sinks.iter().filter_map(|s| s.redis_stats()).collect()
+    }
+
     /// Lookup tables in use and their counters.
     pub fn lookups(&self) -> &[(String, Arc<crate::lookup::RedisLookup>)] {
         &self.lookups

@@ -39,6 +39,10 @@ pub trait Sink: Send + fmt::Debug {
     fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError>;
     /// Makes everything written so far durable/visible.
     fn flush(&mut self) -> Result<(), SinkError>;
+    /// The counters of a Redis alert sink (for the metrics exporter); `None` otherwise.
+    fn redis_stats(&self) -> Option<Arc<redis::SinkStats>> {
+        None
+    }
 }
 
 /// Discards rows (counting happens in the engine).

@@ -605,6 +605,10 @@ impl crate::sink::Sink for BlockingRedisSink {
         // Every write is acknowledged by Redis before it returns.
         Ok(())
     }
+
+    fn redis_stats(&self) -> Option<Arc<SinkStats>> {
+        Some(self.stats())
+    }
 }
 
 impl Drop for BlockingRedisSink {
