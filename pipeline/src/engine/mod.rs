@@ -131,6 +131,25 @@ pub struct EngineStats {
     pub rows_out: BTreeMap<String, u64>,
     /// Windows emitted (per query and window).
     pub windows_emitted: u64,
+    /// Rows in and out per query (views computed once and `INSERT INTO`s), by
+    /// [`plan::Query::name`].
+    #[serde(default)]
+    pub queries: BTreeMap<String, QueryCounts>,
+}
+
+/// Rows a query read and wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueryCounts {
+    /// Rows it ran on (pings, a stage's rows, or on-time pings for a window).
+    pub rows_in: u64,
+    /// Rows it produced (for a window: when windows are emitted).
+    pub rows_out: u64,
+}
+
+fn count(stats: &mut EngineStats, name: &str, rows_in: usize, out: &[RecordBatch]) {
+    let c = stats.queries.entry(name.to_string()).or_default();
+    c.rows_in += rows_in as u64;
+    c.rows_out += out.iter().map(|b| b.num_rows() as u64).sum::<u64>();
 }
 
 /// The event-time clock: watermark = max event time seen - bound.
@@ -489,7 +508,9 @@ impl Engine {
             if let QueryKind::PerBatch(p) = &q.kind
                 && q.inputs.contains(&PINGS)
             {
-                pending.push((i, run(p, &self.task, &q.pos).await?));
+                let out = run(p, &self.task, &q.pos).await?;
+                count(&mut self.stats, &q.name, batch.num_rows(), &out);
+                pending.push((i, out));
             }
         }
         let ontime = if n_late > 0 {
@@ -515,10 +536,12 @@ impl Engine {
                 .iter()
                 .any(|q| matches!(q.kind, QueryKind::Windowed(_)))
         {
+            let n = ontime.num_rows();
             slot.set(vec![ontime]);
             for q in &mut self.queries {
                 if let QueryKind::Windowed(w) = &mut q.kind {
                     accumulate(w, &self.task, &q.pos).await?;
+                    count(&mut self.stats, &q.name, n, &[]);
                 }
             }
         }
@@ -558,6 +581,7 @@ impl Engine {
             };
             let (out, windows) = emit_due(w, wm, &self.task, &q.pos).await?;
             self.stats.windows_emitted += windows;
+            count(&mut self.stats, &q.name, 0, &out);
             if !out.is_empty() {
                 pending.push((i, out));
             }
@@ -593,6 +617,7 @@ impl Engine {
                     let Some(slot) = self.stage_slots.get(j) else {
                         return Err(EngineError::Internal(format!("no stage #{j}")));
                     };
+                    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
                     slot.set(batches);
                     let mut result = Ok(());
                     for (k, c) in self.queries.iter().enumerate() {
@@ -600,7 +625,10 @@ impl Engine {
                             && c.inputs.contains(&stream)
                         {
                             match run(p, &self.task, &c.pos).await {
-                                Ok(out) => work.push_back((k, out)),
+                                Ok(out) => {
+                                    count(&mut self.stats, &c.name, rows, &out);
+                                    work.push_back((k, out));
+                                }
                                 Err(e) => {
                                     result = Err(e);
                                     break;
@@ -649,7 +677,10 @@ impl Engine {
                 {
                     let out = run(p, &self.task, &q.pos).await;
                     match out {
-                        Ok(out) => pending.push((i, out)),
+                        Ok(out) => {
+                            count(&mut self.stats, &q.name, n, &out);
+                            pending.push((i, out));
+                        }
                         Err(e) => {
                             sw.slot.clear();
                             return Err(e);

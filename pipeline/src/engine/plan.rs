@@ -44,6 +44,8 @@ pub struct SourceBinding {
 pub struct Query {
     /// Where it was declared.
     pub pos: Pos,
+    /// Its name in metrics: the view's name, or `insert_into_{sink}@{file}:{line}`.
+    pub name: String,
     /// Where its rows go.
     pub output: Output,
     /// Streams a per-batch query reads ([`PINGS`] or `1 + stage`): it runs whenever one of
@@ -426,6 +428,7 @@ async fn compile(
             .map_err(|e| sql_err(pos, construct, e))?;
         return Ok(Query {
             pos: pos.clone(),
+            name: String::new(),
             output,
             inputs,
             sink_schema,
@@ -627,6 +630,7 @@ async fn compile(
     };
     Ok(Query {
         pos: pos.clone(),
+        name: String::new(),
         output,
         inputs: vec![PINGS],
         sink_schema,
