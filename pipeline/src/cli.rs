@@ -59,7 +59,7 @@ pub enum Command {
     /// restores the newest checkpoint (`<wal.dir>/checkpoints`), replays the WAL after
     /// it, checkpoints every `engine.checkpoint_interval_secs` and once more on stop.
     /// Prints `listening on http://ADDR` to stderr (`ingest.listen` may use port 0).
-    /// Sinks get every acknowledged ping at least once; after a clean stop, exactly once.
+    /// Sinks get every acknowledged ping exactly once, across clean stops and crashes.
     Run {
         /// Configuration file.
         #[arg(long)]

@@ -18,11 +18,12 @@
 //!
 //! Delivery to sinks: a clean stop ends with a checkpoint at the WAL head, so a restart
 //! after it replays nothing and sinks see every acknowledged ping once. After a crash the
-//! engine restarts from the last checkpoint and replays the WAL entries after it, so sink
-//! rows produced between that checkpoint and the crash are written again:
-//! **at-least-once**. Sink output is flushed before each checkpoint is saved, so nothing
-//! a checkpoint covers is lost with the process (file sinks do not fsync: a power loss
-//! may still lose file-sink rows the OS had not written).
+//! engine restarts from the last checkpoint: file sinks are cut back to where they ended
+//! at that checkpoint and the WAL entries after it are replayed, so their output equals
+//! an uninterrupted run's; the Redis queues skip alert ids already written. Sink output
+//! is committed before each checkpoint is saved, so nothing a checkpoint covers is lost
+//! with the process (file sinks do not fsync: a power loss may still lose file-sink rows
+//! the OS had not written).
 
 use crate::config::{Config, ConfigError};
 use crate::engine::{Blame, Engine, EngineError, EngineOptions};
@@ -434,7 +435,7 @@ impl EngineSide {
     /// segments that neither kept checkpoint needs.
     fn checkpoint(&mut self) -> Result<(), RunError> {
         let t = Instant::now();
-        self.engine.flush()?;
+        self.engine.commit()?;
         let state = self.engine.checkpoint()?;
         self.store.save(self.consumed, &state)?;
         self.metrics.checkpoint_saved(t.elapsed());

@@ -24,6 +24,9 @@ struct Header {
     flushed: bool,
     stats: EngineStats,
     queries: Vec<QueryState>,
+    /// Where each file sink's output ended (by sink name), to rewind on restore.
+    #[serde(default)]
+    sinks: std::collections::BTreeMap<String, crate::sink::SinkPosition>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -81,7 +84,8 @@ fn take_u64(bytes: &mut &[u8]) -> Result<u64, EngineError> {
 }
 
 impl Engine {
-    /// Snapshot of the engine's state (clock, counters, window state).
+    /// Snapshot of the engine's state (clock, counters, window state, and where each file
+    /// sink's output ends: call [`Engine::commit`] first).
     pub fn checkpoint(&self) -> Result<Vec<u8>, EngineError> {
         let mut queries = Vec::new();
         let mut blobs = Vec::new();
@@ -112,6 +116,12 @@ impl Engine {
             flushed: self.clock.flushed,
             stats: self.stats.clone(),
             queries,
+            sinks: self
+                .sink_names
+                .iter()
+                .zip(&self.sinks)
+                .filter_map(|(n, s)| s.position().map(|p| (n.clone(), p)))
+                .collect(),
         };
         let json = serde_json::to_vec(&header).map_err(|e| EngineError::Internal(e.to_string()))?;
         let mut out =
@@ -186,6 +196,13 @@ impl Engine {
                 _ => return Err(bad("query kinds differ")),
             };
             states.push(state);
+        }
+        // Output written after the checkpoint is dropped: replaying the WAL from here
+        // writes it again, so file sinks end up exactly as without the crash.
+        for (name, sink) in self.sink_names.iter().zip(self.sinks.iter_mut()) {
+            if let Some(p) = header.sinks.get(name) {
+                sink.rewind(p)?;
+            }
         }
         for (q, s) in self.queries.iter_mut().zip(states) {
             if let (QueryKind::Windowed(w), Some(s)) = (&mut q.kind, s) {

@@ -555,13 +555,21 @@ impl Engine {
     pub async fn finish(&mut self) -> Result<(), EngineError> {
         self.clock.flushed = true;
         self.advance().await?;
-        self.flush()
+        self.commit()
     }
 
     /// Flushes every sink.
     pub fn flush(&mut self) -> Result<(), EngineError> {
         for s in &mut self.sinks {
             s.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Commits every sink (a Parquet archive finishes its file): before a checkpoint.
+    pub fn commit(&mut self) -> Result<(), EngineError> {
+        for s in &mut self.sinks {
+            s.commit()?;
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Every figure of the report, computed with DataFusion SQL over the archive.
 //!
 //! The archive rows go into a `MemTable` (`archive`); the rows with a repeated `alert_id`
-//! (the archive is written at least once: a crash replays WAL entries) are dropped into
+//! (e.g. two replays of the same input archived in one folder) are dropped into
 //! a second table, `alerts`, which every figure reads. The SQL is static: no value from
 //! the data is ever spliced into it. Rust only fills in categories with no rows (a
 //! signal that never fired still gets its row) and puts them in catalogue order.

@@ -167,7 +167,7 @@ fn summary(s: &mut String, f: &Figures) {
     s.push_str("</dl>\n");
     let _ = writeln!(
         s,
-        "<p class=\"note\">{} alert rows read; {} repeated an alert id already seen and were dropped (the archive is written at least once). {} alerts carry no lease (no lease state was found when they were graded).</p>",
+        "<p class=\"note\">{} alert rows read; {} repeated an alert id already seen and were dropped (e.g. two replays of the same input archived in one folder). {} alerts carry no lease (no lease state was found when they were graded).</p>",
         t.alerts + t.duplicate_rows,
         t.duplicate_rows,
         t.without_lease
@@ -550,7 +550,7 @@ fn definitions(s: &mut String) {
     let _ = write!(
         s,
         "<section id=\"definitions\">\n<h2>How the figures are computed</h2>\n<ul>\n\
-<li>Every figure is a DataFusion SQL query over the archive's Parquet files. Rows with the same <code>alert_id</code> are one alert (the archive is written at least once, so a crash can repeat rows); the first by event time is kept.</li>\n\
+<li>Every figure is a DataFusion SQL query over the archive's Parquet files. Rows with the same <code>alert_id</code> are one alert (two replays of the same input in one folder repeat rows); the first by event time is kept.</li>\n\
 <li><em>High + critical</em> counts alerts graded <code>high</code> or <code>critical</code>.</li>\n\
 <li>Areas are H3 cells at resolution {AREA_RESOLUTION} (about 1,770 km² each) of the alert's position, computed with the <code>h3_cell</code> function the pipeline's rules use.</li>\n\
 <li>DPD buckets are {} days past due, plus <em>unknown</em>; see the overdue section for the per-lease definition.</li>\n\

@@ -2,8 +2,8 @@
 //!
 //! [`archive`] finds every `*.parquet` file under the archive folder and reads the columns
 //! the report needs (checked against `leasewatch_schemas::alert_archive_schema`) into
-//! Arrow; [`figures`] puts them in a DataFusion `MemTable`, drops rows repeated by the
-//! at-least-once archive writer (same `alert_id`), and computes every figure with SQL
+//! Arrow; [`figures`] puts them in a DataFusion `MemTable`, drops repeated rows (same `alert_id`,
+//! e.g. two replays archived in one folder), and computes every figure with SQL
 //! (the LeaseWatch UDFs registered, `h3_cell` for the area breakdown); [`html`] renders
 //! tables and inline SVG bar charts ([`svg`]) into one HTML file with no outside assets
 //! and no JavaScript, every string from the data escaped.

@@ -7,9 +7,12 @@
 //! the file itself). `redis` writes alerts to the collection queues ([`redis`]).
 //!
 //! JSON lines are appended: `leasewatch run` reopens its sinks after a restart and
-//! resumes from a checkpoint, so earlier output must survive (rows of WAL entries after
-//! the last checkpoint are written again after a crash: at-least-once). Remove the file
-//! to start afresh, e.g. before a second `replay` of the same input. A single Parquet
+//! resumes from a checkpoint, so earlier output must survive. Each checkpoint records
+//! where every file sink's output ends ([`Sink::position`]: a file length, or the newest
+//! finished archive file); a restore cuts what was written after it
+//! ([`Sink::rewind`]), and the WAL replay writes it again, so file outputs after a crash
+//! equal those of an uninterrupted run. Remove the file to start afresh, e.g. before a
+//! second `replay` of the same input. A single Parquet
 //! file (a path ending in `.parquet`) is written whole by one process and is replaced when
 //! the sink reopens; an archive folder only ever gains files.
 
@@ -43,6 +46,37 @@ pub trait Sink: Send + fmt::Debug {
     fn redis_stats(&self) -> Option<Arc<redis::SinkStats>> {
         None
     }
+    /// Finishes what was written so far into its durable form (a Parquet archive closes
+    /// its file); called before a checkpoint and at the end of input.
+    fn commit(&mut self) -> Result<(), SinkError> {
+        self.flush()
+    }
+    /// Where the sink's durable output ends, after [`Sink::commit`]: saved in each
+    /// checkpoint so a restart from it can [`Sink::rewind`] output written after it and
+    /// produce it again exactly once. `None`: nothing to rewind (idempotent or volatile).
+    fn position(&self) -> Option<SinkPosition> {
+        None
+    }
+    /// Drops output written after `position` (at restore, before any write).
+    fn rewind(&mut self, _position: &SinkPosition) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Where a sink's output ended at a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkPosition {
+    /// Length of an append-only file.
+    Bytes(u64),
+    /// An archive folder: files this sink starts at or after `at_ms` (wall clock) came
+    /// after the checkpoint, except `last`, the newest file it had finished.
+    Archive {
+        /// The newest finished file (`None`: none yet).
+        last: Option<String>,
+        /// When the position was taken, ms since the Unix epoch.
+        at_ms: u64,
+    },
 }
 
 /// Discards rows (counting happens in the engine).
@@ -85,6 +119,8 @@ impl Sink for MemorySink {
 /// NDJSON lines to any writer (stdout, a file).
 pub struct JsonLines<W: Write + Send> {
     name: String,
+    /// The file, when writing to one (for checkpoint positions).
+    path: Option<PathBuf>,
     writer: arrow_json::LineDelimitedWriter<W>,
 }
 
@@ -101,7 +137,16 @@ impl<W: Write + Send> JsonLines<W> {
     pub fn new(name: &str, w: W) -> Self {
         Self {
             name: name.to_string(),
+            path: None,
             writer: arrow_json::LineDelimitedWriter::new(w),
+        }
+    }
+
+    /// The same, writing to the append-mode file at `path` (positions and rewind work).
+    pub fn to_file(name: &str, path: PathBuf, w: W) -> Self {
+        Self {
+            path: Some(path),
+            ..Self::new(name, w)
         }
     }
 }
@@ -119,6 +164,26 @@ impl<W: Write + Send> Sink for JsonLines<W> {
             message: e.to_string(),
         })
     }
+    fn position(&self) -> Option<SinkPosition> {
+        let path = self.path.as_ref()?;
+        Some(SinkPosition::Bytes(std::fs::metadata(path).map_or(0, |m| m.len())))
+    }
+    fn rewind(&mut self, position: &SinkPosition) -> Result<(), SinkError> {
+        let (Some(path), SinkPosition::Bytes(len)) = (&self.path, position) else {
+            return Ok(());
+        };
+        let err = |e: std::io::Error| SinkError {
+            sink: self.name.clone(),
+            message: format!("{}: rewinding to {len} bytes: {e}", path.display()),
+        };
+        let f = File::options().write(true).open(path).map_err(err)?;
+        let now = f.metadata().map_err(err)?.len();
+        if now > *len {
+            f.set_len(*len).map_err(err)?;
+            tracing::info!(sink = %self.name, from = now, to = len, "rewound output written after the checkpoint");
+        }
+        Ok(())
+    }
 }
 
 /// Parquet file, opened on the first batch (its schema is the file's).
@@ -132,6 +197,8 @@ pub struct ParquetFile {
     rolling: bool,
     files: u64,
     current: Option<PathBuf>,
+    /// The newest finished file of this sink in the folder.
+    last: Option<String>,
     writer: Option<parquet::arrow::ArrowWriter<File>>,
 }
 
@@ -162,8 +229,24 @@ impl ParquetFile {
         if self.rolling {
             let done = path.with_extension("");
             std::fs::rename(&path, &done).map_err(|e| self.err(&done, &e))?;
+            self.last = done.file_name().map(|n| n.to_string_lossy().into_owned());
         }
         Ok(())
+    }
+
+    /// `(ms, pid, n)` of a finished or in-progress file of this sink, from its name.
+    fn file_key(&self, file: &str) -> Option<(u128, u32, u64)> {
+        let rest = file.strip_prefix(&format!("{}-", self.name))?;
+        let rest = rest
+            .strip_suffix(".parquet.inprogress")
+            .or_else(|| rest.strip_suffix(".parquet"))?;
+        let mut parts = rest.split('-');
+        let key = (
+            parts.next()?.parse().ok()?,
+            parts.next()?.parse().ok()?,
+            parts.next()?.parse().ok()?,
+        );
+        parts.next().is_none().then_some(key)
     }
 }
 
@@ -200,9 +283,49 @@ impl Sink for ParquetFile {
             None => Ok(()),
         }
     }
-    fn flush(&mut self) -> Result<(), SinkError> {
+    fn commit(&mut self) -> Result<(), SinkError> {
         if self.rolling {
             return self.close();
+        }
+        self.flush()
+    }
+    fn position(&self) -> Option<SinkPosition> {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.rolling.then(|| SinkPosition::Archive {
+            last: self.last.clone(),
+            at_ms,
+        })
+    }
+    fn rewind(&mut self, position: &SinkPosition) -> Result<(), SinkError> {
+        let SinkPosition::Archive { last, at_ms } = position else {
+            return Ok(());
+        };
+        if !self.rolling {
+            return Ok(());
+        }
+        let entries = std::fs::read_dir(&self.path).map_err(|e| self.err(&self.path, &e))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(key) = self.file_key(&name) else {
+                continue;
+            };
+            let unfinished = name.ends_with(".inprogress");
+            let after = key.0 >= u128::from(*at_ms) && last.as_deref() != Some(name.as_str());
+            if unfinished || after {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(|e| self.err(&path, &e))?;
+                tracing::info!(sink = %self.name, file = %name, "removed archive output written after the checkpoint");
+            }
+        }
+        self.last = last.clone();
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), SinkError> {
+        if self.rolling {
+            // Rows become a readable file at the next commit (checkpoint or end).
+            return Ok(());
         }
         match self.writer.as_mut() {
             Some(w) => w.flush().map_err(|e| SinkError {
@@ -286,6 +409,7 @@ pub fn open(table: &TableDef, redis_url: Option<&str>) -> Result<Box<dyn Sink>, 
                     rolling: !is_file,
                     files: 0,
                     current: None,
+                    last: None,
                     writer: None,
                 }));
             }
@@ -294,8 +418,9 @@ pub fn open(table: &TableDef, redis_url: Option<&str>) -> Result<Box<dyn Sink>, 
                 .append(true)
                 .open(&file)
                 .map_err(|e| err(format!("{}: {e}", file.display())))?;
-            Ok(Box::new(JsonLines::new(
+            Ok(Box::new(JsonLines::to_file(
                 &table.name,
+                file,
                 BufWriter::with_capacity(1 << 20, f),
             )))
         }
