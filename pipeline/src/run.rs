@@ -228,6 +228,7 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
         progress,
         interval: Duration::from_secs(config.engine.checkpoint_interval_secs.max(1)),
         last_checkpoint: Instant::now(),
+        dead_letter_dir: config.wal.dir.join("dead-letter"),
         sweep_every: (config.engine.sweep_interval_secs > 0)
             .then(|| Duration::from_secs(config.engine.sweep_interval_secs)),
         next_sweep: Instant::now(),
@@ -316,6 +317,8 @@ struct EngineSide {
     progress: watch::Sender<Lsn>,
     interval: Duration,
     last_checkpoint: Instant,
+    /// Where batches a query failed on are set aside.
+    dead_letter_dir: PathBuf,
     /// How often the lease sweep runs (None: never; also when the SQL has no sweep table).
     sweep_every: Option<Duration>,
     /// When it runs next (at start, then every `sweep_every`).
@@ -418,7 +421,13 @@ impl EngineSide {
         let mut any = false;
         for entry in self.wal.reader(self.consumed)? {
             let (lsn, batch) = entry?;
-            self.engine.process(&batch).await?;
+            match self.engine.process(&batch).await {
+                Ok(()) => {}
+                // A query failed on this batch's data: set the batch aside rather than
+                // stop (a restart would replay it and fail again, forever).
+                Err(e @ EngineError::Query { .. }) => self.dead_letter(lsn, &batch, &e)?,
+                Err(e) => return Err(e.into()),
+            }
             self.metrics.record_engine(&self.engine);
             self.metrics.batch_processed(&batch);
             self.consumed = lsn;
@@ -428,6 +437,32 @@ impl EngineSide {
         if any {
             self.engine.flush()?;
         }
+        Ok(())
+    }
+
+    /// Writes a batch a query failed on to `<wal.dir>/dead-letter/lsn-<lsn>.arrows`
+    /// (Arrow IPC, readable with any Arrow tool) with the error next to it, logs it and
+    /// goes on. Queries that ran before the failing one kept their effect on this batch.
+    fn dead_letter(
+        &mut self,
+        lsn: Lsn,
+        batch: &arrow::array::RecordBatch,
+        error: &EngineError,
+    ) -> Result<(), RunError> {
+        let dir = self.dead_letter_dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| RunError::io(format!("creating {}", dir.display()), e))?;
+        let path = dir.join(format!("lsn-{lsn}.arrows"));
+        let write = || -> Result<(), Box<dyn std::error::Error>> {
+            let f = std::fs::File::create(&path)?;
+            let mut w = arrow_ipc::writer::StreamWriter::try_new(f, &batch.schema())?;
+            w.write(batch)?;
+            w.finish()?;
+            std::fs::write(path.with_extension("error.txt"), format!("{error}\n"))?;
+            Ok(())
+        };
+        write().map_err(|e| RunError::io(format!("writing {}", path.display()), e.to_string()))?;
+        tracing::error!(lsn, rows = batch.num_rows(), file = %path.display(), error = %error, "a query failed on a batch: set aside in the dead-letter folder");
         Ok(())
     }
 

@@ -74,12 +74,16 @@ struct Setup {
 
 impl Setup {
     fn new() -> Self {
+        Self::with_sql(SQL)
+    }
+
+    fn with_sql(sql_text: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let sql = dir.path().join("sql");
         let out = dir.path().join("out");
         std::fs::create_dir_all(&sql).unwrap();
         let out_text = out.to_str().unwrap().replace('\\', "/");
-        std::fs::write(sql.join("pipeline.sql"), SQL.replace("OUT", &out_text)).unwrap();
+        std::fs::write(sql.join("pipeline.sql"), sql_text.replace("OUT", &out_text)).unwrap();
         let config = dir.path().join("leasewatch.toml");
         std::fs::write(
             &config,
@@ -439,4 +443,48 @@ fn sorted_lines(path: &Path) -> Vec<String> {
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     lines.sort();
     lines
+}
+
+/// A batch a query fails on (integer division by zero) is set aside in the dead-letter
+/// folder with its error; the pipeline keeps running and processes later batches, and a
+/// restart does not trip over it again.
+#[test]
+fn a_batch_a_query_fails_on_goes_to_the_dead_letter_folder() {
+    let setup = Setup::with_sql(
+        "CREATE TABLE pings (
+           device_id TEXT NOT NULL, event_time TIMESTAMP NOT NULL, battery_pct INT,
+           event_kind TEXT NOT NULL,
+           WATERMARK FOR event_time AS (event_time - INTERVAL '1' SECOND)
+         ) WITH (connector = 'leasewatch');
+         CREATE TABLE every_ping (device_id TEXT, per_pct INT)
+           WITH (connector = 'filesystem', path = 'OUT/every_ping.jsonl');
+         INSERT INTO every_ping SELECT device_id, 100 / battery_pct FROM pings;",
+    );
+    let mut acked = BTreeSet::new();
+    let mut next = 1u64; // ping 0 has battery_pct 0 (k % 100)
+    let mut p = setup.start();
+    post_acked(&p, &mut next, 20, &mut acked);
+    let (status, body) = post_pings(p.addr, 100, 1).unwrap(); // battery_pct 0
+    assert_eq!(status, 202, "{body}");
+    let mut next = 101;
+    post_acked(&p, &mut next, 20, &mut acked);
+    std::thread::sleep(Duration::from_millis(500));
+    p.stop();
+    let dead = setup.dir.path().join("wal").join("dead-letter");
+    let files: Vec<String> = std::fs::read_dir(&dead)
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", dead.display(), p.log()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(files.iter().any(|f| f.ends_with(".arrows")), "{files:?}");
+    let error = files.iter().find(|f| f.ends_with(".error.txt")).unwrap();
+    let text = std::fs::read_to_string(dead.join(error)).unwrap();
+    assert!(text.to_lowercase().contains("divide by zero"), "{text}");
+    let ids = setup.sink_ids();
+    for a in &acked {
+        assert!(ids.contains(a), "{a} missing after the bad batch");
+    }
+    // Restart: resumes after it.
+    let mut p = setup.start();
+    p.stop();
+    assert!(!p.log().contains("query failed"), "{}", p.log());
 }
