@@ -37,7 +37,9 @@ CREATE TEMPORARY TABLE credit (
 );
 
 -- Every leased device, periodically (`leasewatch run`) and at the end of a replay, so
--- the overdue ladder advances for devices that stopped pinging.
+-- the overdue ladder advances for devices that stopped pinging. This connector is the
+-- embedded engine's own; on an Arroyo cluster the same view reads a periodic source
+-- (e.g. an `impulse` joined with the lease keys) or the sweep runs as a separate job.
 CREATE TABLE lease_sweep (
   device_id TEXT NOT NULL,
   event_time TIMESTAMP NOT NULL
