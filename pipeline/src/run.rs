@@ -407,7 +407,7 @@ impl EngineSide {
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         match self.engine.sweep_leases(now_ms).await {
             Ok(n) => tracing::info!(devices = n, "lease sweep"),
-            Err(EngineError::Internal(e)) if e.starts_with("lease sweep") => {
+            Err(EngineError::Sweep(e)) => {
                 tracing::warn!(error = %e, "lease sweep failed; trying again at the next interval");
             }
             Err(e) => return Err(e.into()),

@@ -80,6 +80,9 @@ pub enum EngineError {
     /// A sink failed.
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// The lease sweep could not list the leases (Redis unreachable or refusing).
+    #[error("lease sweep: {0}")]
+    Sweep(String),
     /// A bug.
     #[error("internal error (please report): {0}")]
     Internal(String),
@@ -90,7 +93,7 @@ impl EngineError {
     pub fn blame(&self) -> Blame {
         match self {
             Self::Sql(_) | Self::Query { .. } | Self::Checkpoint(_) => Blame::User,
-            Self::Load(LoadError::Io { .. }) | Self::Sink(_) => Blame::Outside,
+            Self::Load(LoadError::Io { .. }) | Self::Sink(_) | Self::Sweep(_) => Blame::Outside,
             Self::Load(_) => Blame::User,
             Self::Internal(_) => Blame::Internal,
         }
@@ -710,9 +713,9 @@ impl Engine {
         let Some(sw) = &self.sweep else {
             return Ok(0);
         };
-        let devices = list_leases(&sw.url, &sw.key_prefix).await.map_err(|e| {
-            EngineError::Internal(format!("lease sweep {}: {e}", sw.name))
-        })?;
+        let devices = list_leases(&sw.url, &sw.key_prefix)
+            .await
+            .map_err(|e| EngineError::Sweep(format!("{}: {e}", sw.name)))?;
         let n = devices.len();
         self.sweep(devices, at_ms).await?;
         Ok(n)

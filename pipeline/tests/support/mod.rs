@@ -1,5 +1,6 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code)]
 
+pub mod product;
 pub mod redis;
 pub mod run;

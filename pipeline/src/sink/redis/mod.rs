@@ -6,11 +6,13 @@
 //! alert), so a batch costs one round trip. The script runs atomically per alert:
 //!
 //! 1. `{prefix}alert:{alert_id}` exists: a duplicate (a replay): nothing is written.
-//! 2. Suppression (`cooldown_ms > 0`): `{prefix}suppress:{device}:{signal}` holds the rank
-//!    of the last grade written for that device and signal, with the cooldown as its TTL.
-//!    A grade that is not higher is suppressed: the alert id is marked written (so a replay
-//!    decides the same) and nothing else happens; the cooldown is *not* extended (a signal
-//!    that keeps firing alerts again once per cooldown). Lock requests (queue `lock`) are
+//! 2. Suppression (`cooldown_ms > 0`): `{prefix}suppress:{device}:{signal}` holds
+//!    `rank:event_ms` of the last alert written for that device and signal. An alert whose
+//!    event time is within the cooldown of it (either side: late data) and whose grade is
+//!    not higher is suppressed: the alert id is marked written (so a replay decides the
+//!    same) and nothing else happens; the cooldown is *not* extended (a signal that keeps
+//!    firing alerts again once per cooldown of event time, in a live run and in a replay
+//!    alike). The key expires after the dedup TTL. Lock requests (queue `lock`) are
 //!    tracked apart (`...:{signal}:lock`): the call that goes with them does not suppress them.
 //! 3. Otherwise the message is written (`XADD {prefix}queue:{queue} [MAXLEN ~ n] * field
 //!    value ...`, or `RPUSH {list_key_prefix}{queue} json`), then the alert id is marked
@@ -49,11 +51,18 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return 0
 end
 local cooldown = tonumber(ARGV[2])
+local event = tonumber(ARGV[7])
 if cooldown > 0 then
   local prev = redis.call('GET', KEYS[2])
-  if prev and tonumber(prev) >= tonumber(ARGV[3]) then
-    redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
-    return 2
+  if prev then
+    local sep = string.find(prev, ':', 1, true)
+    local rank = tonumber(sep and string.sub(prev, 1, sep - 1) or prev)
+    local at = sep and tonumber(string.sub(prev, sep + 1)) or event
+    local dt = event - at
+    if rank >= tonumber(ARGV[3]) and dt < cooldown and dt > -cooldown then
+      redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+      return 2
+    end
   end
 end
 if ARGV[4] == 'list' then
@@ -68,7 +77,7 @@ else
 end
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 if cooldown > 0 then
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', cooldown)
+  redis.call('SET', KEYS[2], ARGV[3] .. ':' .. ARGV[7], 'PX', math.max(cooldown, tonumber(ARGV[1])))
 end
 if #KEYS >= 4 then
   redis.call('HINCRBY', KEYS[4], 'count:' .. ARGV[5], 1)
@@ -455,27 +464,28 @@ pub fn alerts_from_batch(batch: &RecordBatch) -> Result<Vec<Alert>, RedisSinkErr
         let sig = req(&signal, "signal", row)?;
         let gr = req(&grade, "grade", row)?;
         let q = req(&queue, "queue", row)?;
-        let band = match s(&credit_band, row) {
-            None => None,
-            Some(b) => Some(match b.as_str() {
-                "A" => CreditBand::A,
-                "B" => CreditBand::B,
-                "C" => CreditBand::C,
-                "D" => CreditBand::D,
-                "E" => CreditBand::E,
-                _ => {
-                    return Err(bad(
-                        row,
-                        "credit_band",
-                        format!("{b:?} is not a credit band (A-E)"),
-                    ));
-                }
-            }),
-        };
+        // Lease and credit text comes from Redis, which other writers share: a value the
+        // contract does not know never costs the alert. An unknown band is dropped, and
+        // reasons with raw control characters (from state text) are repaired.
+        let band = s(&credit_band, row).and_then(|b| match b.trim().to_ascii_uppercase().as_str() {
+            "A" => Some(CreditBand::A),
+            "B" => Some(CreditBand::B),
+            "C" => Some(CreditBand::C),
+            "D" => Some(CreditBand::D),
+            "E" => Some(CreditBand::E),
+            _ => {
+                tracing::warn!(row, band = %b.escape_debug(), "credit band outside A-E: dropped from the alert");
+                None
+            }
+        });
         let reasons: Vec<Reason> = match s(&reasons, row) {
             None => Vec::new(),
-            Some(r) => serde_json::from_str(&r)
-                .map_err(|e| bad(row, "reasons", format!("not a JSON array of reasons: {e}")))?,
+            Some(r) => match serde_json::from_str(&r) {
+                Ok(v) => v,
+                Err(first) => serde_json::from_str(&escape_controls(&r)).map_err(|_| {
+                    bad(row, "reasons", format!("not a JSON array of reasons: {first}"))
+                })?,
+            },
         };
         out.push(Alert {
             alert_id: req(&alert_id, "alert_id", row)?,
@@ -501,6 +511,20 @@ pub fn alerts_from_batch(batch: &RecordBatch) -> Result<Vec<Alert>, RedisSinkErr
         });
     }
     Ok(out)
+}
+
+/// `text` with every control character written as a JSON `\u00XX` escape (valid inside
+/// JSON strings, where SQL-built reasons put state text).
+fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && (c as u32) < 0x20 {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The alert sink behind the engine's synchronous [`crate::sink::Sink`] trait.
