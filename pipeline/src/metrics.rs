@@ -2,8 +2,10 @@
 //! `/metrics` by the ingest server.
 //!
 //! Names follow `leasewatch_<stage>_<thing>_<unit|total>` with base units (seconds, bytes);
-//! label names come from a fixed set (`status`, `result`, `reason`, `sink`, `table`,
-//! `signal`, `grade`, `queue`, `group`, `from`, `dpd`). Two kinds of metric:
+//! label names come from a fixed set (`status`, `result`, `reason`, `sink`, `query`,
+//! `table`, `signal`, `grade`, `queue`, `group`, `from`, `dpd`), each with bounded values
+//! (`sink`, `query` and `table` take one value per table or query of the SQL). Two kinds
+//! of metric:
 //!
 //! - **updated** ones (ingest requests, rows, bytes and rejects, checkpoint duration, queue
 //!   and state samples) are ordinary `prometheus` metrics changed by cheap calls on
@@ -14,6 +16,13 @@
 //!   bump their own atomics. Latency histograms on hot paths are [`AtomicHistogram`]s,
 //!   lock-free bucket counters exported the same way.
 //!
+//! Per query (`leasewatch_engine_query_rows_{in,out}_total{query}`, from
+//! [`EngineStats::queries`]): every `INSERT INTO`, as `insert_into_{sink}@{file}:{line}`,
+//! and every view the engine computes once as a stage of its own (windowed, with a lookup
+//! join, or reading such a view), by name. A plain per-ping view (a filter or projection
+//! of the pings) is inlined into the queries that read it and has no series of its own.
+//! A query appears with its first run.
+//!
 //! Wiring (`leasewatch run`): build one `Registry`, `Metrics::new(&registry)`, hand the
 //! registry to [`crate::ingest::IngestState::new`] and the metrics to
 //! [`crate::ingest::IngestState::with_metrics`]; then [`Metrics::with_wal`],
@@ -22,7 +31,7 @@
 //! after each WAL batch, [`Metrics::checkpoint_saved`] after each checkpoint, and start
 //! [`Metrics::spawn_redis_sampler`] for queue lengths and the DPD distribution.
 
-use crate::engine::{Engine, EngineStats};
+use crate::engine::{Engine, EngineStats, QueryCounts};
 use crate::ingest::{LagProbe, RowRejection};
 use crate::lookup::LookupStats;
 use crate::redis_client::{RedisConn, Request, RetryCounters};
@@ -205,6 +214,20 @@ const ENGINE_ROWS_OUT: MetricDef = def(
     &["sink"],
     "Rows written by the queries, per sink table.",
 );
+const ENGINE_QUERY_ROWS_IN: MetricDef = def(
+    "leasewatch_engine_query_rows_in_total",
+    C,
+    &["query"],
+    "Rows each query ran on: pings, a view's rows, or on-time pings for a windowed one. \
+     query: a view computed once, by name, or insert_into_{sink}@{file}:{line}.",
+);
+const ENGINE_QUERY_ROWS_OUT: MetricDef = def(
+    "leasewatch_engine_query_rows_out_total",
+    C,
+    &["query"],
+    "Rows each query produced (a windowed one when its windows are emitted). \
+     query: a view computed once, by name, or insert_into_{sink}@{file}:{line}.",
+);
 const ENGINE_WINDOWS: MetricDef = def(
     "leasewatch_engine_windows_emitted_total",
     C,
@@ -386,6 +409,8 @@ pub const DEFS: &[MetricDef] = &[
     ENGINE_ROWS_IN,
     ENGINE_LATE,
     ENGINE_ROWS_OUT,
+    ENGINE_QUERY_ROWS_IN,
+    ENGINE_QUERY_ROWS_OUT,
     ENGINE_WINDOWS,
     ENGINE_WM_LAG,
     ENGINE_STATE_ROWS,
@@ -1210,6 +1235,18 @@ impl Collector for Sampled {
                         .map(|(s, n)| value(&ENGINE_ROWS_OUT, &[s], *n as f64))
                         .collect(),
                 ));
+                let per_query = |d: &MetricDef, rows: fn(&QueryCounts) -> u64| {
+                    family(
+                        d,
+                        e.stats
+                            .queries
+                            .iter()
+                            .map(|(q, c)| value(d, &[q], rows(c) as f64))
+                            .collect(),
+                    )
+                };
+                out.push(per_query(&ENGINE_QUERY_ROWS_IN, |c| c.rows_in));
+                out.push(per_query(&ENGINE_QUERY_ROWS_OUT, |c| c.rows_out));
                 if let Some(wm) = e.watermark_ms.filter(|w| *w != i64::MAX) {
                     out.push(one(&ENGINE_WM_LAG, now.saturating_sub(wm) as f64 / 1000.0));
                 }
@@ -1326,8 +1363,8 @@ mod tests {
     #[test]
     fn names_follow_the_convention() {
         let allowed_labels = [
-            "status", "result", "reason", "sink", "table", "signal", "grade", "queue", "group",
-            "from", "dpd",
+            "status", "result", "reason", "sink", "query", "table", "signal", "grade", "queue",
+            "group", "from", "dpd",
         ];
         let mut seen = HashSet::new();
         for d in DEFS {
@@ -1394,7 +1431,7 @@ mod tests {
             .with_lag_probe(Arc::new(crate::ingest::Lag::default))
             .add_lookup("lease", Arc::new(LookupStats::default()))
             .add_sink(Arc::new(SinkStats::default()));
-        let engine = rt
+        let mut engine = rt
             .block_on(Engine::from_files(
                 &[(
                     "p.sql".to_string(),
@@ -1408,7 +1445,36 @@ mod tests {
                 &crate::engine::EngineOptions::default(),
             ))
             .unwrap();
+        let ping = br#"{"device_id":"490154203237518","event_time":1772409600000,"event_kind":"heartbeat"}"#;
+        let batch = crate::ingest::decode_ndjson(ping, 1).unwrap().batch;
+        rt.block_on(engine.process(&batch)).unwrap();
         m.record_engine(&engine);
+        // One series per query, named after it (an INSERT INTO by sink, file and line).
+        let query = |name: &str| -> Vec<(String, f64)> {
+            registry
+                .gather()
+                .iter()
+                .filter(|f| f.name() == name)
+                .flat_map(|f| f.get_metric().to_vec())
+                .map(|m| {
+                    let q = m.get_label().iter().find(|l| l.name() == "query");
+                    (
+                        q.map(|l| l.value().to_string()).unwrap_or_default(),
+                        m.get_counter().get_value(),
+                    )
+                })
+                .collect()
+        };
+        let want = vec![("insert_into_out@p.sql:1".to_string(), 1.0)];
+        for d in [&ENGINE_QUERY_ROWS_IN, &ENGINE_QUERY_ROWS_OUT] {
+            assert_eq!(
+                query(d.name),
+                want,
+                "{}: one series per query, labelled with the engine's query name \
+                 (plan::Query::name)",
+                d.name
+            );
+        }
         let gathered: HashSet<String> = registry
             .gather()
             .iter()

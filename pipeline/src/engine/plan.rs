@@ -317,7 +317,7 @@ pub async fn compile_insert(
     })?;
     let (plan, inputs) = logical(env, &ins.query, pos, &construct).await?;
     let sink_schema = sink_schema(sink_table, plan.schema().as_arrow(), pos, &construct)?;
-    compile(
+    let mut q = compile(
         env,
         plan,
         inputs,
@@ -327,7 +327,9 @@ pub async fn compile_insert(
         sink_schema,
         qn,
     )
-    .await
+    .await?;
+    q.name = format!("insert_into_{}@{}:{}", ins.sink, pos.file, pos.line);
+    Ok(q)
 }
 
 /// Compiles `CREATE VIEW` `view` as stage `stage` (computed once, its rows a stream that
@@ -357,7 +359,7 @@ pub async fn compile_view(
             .map(|f| f.as_ref().clone().with_nullable(true))
             .collect::<Vec<_>>(),
     ));
-    let q = compile(
+    let mut q = compile(
         env,
         plan,
         inputs,
@@ -368,6 +370,7 @@ pub async fn compile_view(
         qn,
     )
     .await?;
+    q.name = view.name.clone();
     Ok(Some((q, schema)))
 }
 
