@@ -306,6 +306,12 @@ const LOOKUP_MALFORMED: MetricDef = def(
     &["table"],
     "State values that did not fit the schema (their rows are null).",
 );
+const LOOKUP_HELD: MetricDef = def(
+    "leasewatch_lookup_held_batches_total",
+    C,
+    &["table"],
+    "Times a batch was held because Redis stayed unreachable past the retry deadline (it is retried, never dropped).",
+);
 const LOOKUP_ERRORS: MetricDef = def(
     "leasewatch_lookup_redis_errors_total",
     C,
@@ -335,6 +341,12 @@ const SINK_DUPLICATES: MetricDef = def(
     C,
     &[],
     "Alerts skipped because their id was already written (replays).",
+);
+const SINK_HELD: MetricDef = def(
+    "leasewatch_sink_held_batches_total",
+    C,
+    &[],
+    "Times an alert batch was held because Redis stayed unreachable past the retry deadline (it is retried, never dropped).",
 );
 const SINK_SUPPRESSED: MetricDef = def(
     "leasewatch_sink_suppressed_total",
@@ -424,11 +436,13 @@ pub const DEFS: &[MetricDef] = &[
     LOOKUP_FETCHED,
     LOOKUP_FOUND,
     LOOKUP_MALFORMED,
+    LOOKUP_HELD,
     LOOKUP_ERRORS,
     LOOKUP_RETRIES,
     LOOKUP_RTT,
     SINK_ALERTS,
     SINK_DUPLICATES,
+    SINK_HELD,
     SINK_SUPPRESSED,
     SINK_ROUND_TRIPS,
     SINK_ERRORS,
@@ -1290,6 +1304,7 @@ impl Collector for Sampled {
             out.push(per(&LOOKUP_FETCHED, &|s| s.keys_fetched));
             out.push(per(&LOOKUP_FOUND, &|s| s.keys_found));
             out.push(per(&LOOKUP_MALFORMED, &|s| s.malformed));
+            out.push(per(&LOOKUP_HELD, &|s| s.held));
             out.push(per(&LOOKUP_ERRORS, &|s| s.errors));
             out.push(per(&LOOKUP_RETRIES, &|s| s.retries));
             out.push(family(
@@ -1309,6 +1324,7 @@ impl Collector for Sampled {
                     .sum::<u64>() as f64
             };
             out.push(one(&SINK_DUPLICATES, load(&|s| &s.duplicates)));
+            out.push(one(&SINK_HELD, load(&|s| &s.held)));
             out.push(one(&SINK_SUPPRESSED, load(&|s| &s.suppressed)));
             out.push(one(&SINK_ROUND_TRIPS, load(&|s| &s.round_trips)));
             out.push(one(&SINK_ERRORS, load(&|s| &s.redis.errors)));
