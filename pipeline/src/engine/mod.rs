@@ -675,8 +675,7 @@ impl Engine {
                 vec![
                     Arc::new(arrow::array::StringArray::from_iter_values(chunk)),
                     Arc::new(
-                        TimestampMillisecondArray::from(vec![at_ms; n])
-                            .with_timezone(window::TZ),
+                        TimestampMillisecondArray::from(vec![at_ms; n]).with_timezone(window::TZ),
                     ),
                 ],
             )
@@ -724,7 +723,9 @@ impl Engine {
     /// The Redis the SQL's lookup tables read (the configured URL, else the first lookup
     /// table's `address`); `None` without lookup tables.
     pub fn redis_url(&self) -> Option<&str> {
-        self.lookups.first().map(|(_, l)| l.config().redis.url.as_str())
+        self.lookups
+            .first()
+            .map(|(_, l)| l.config().redis.url.as_str())
     }
 
     /// Counters of the Redis alert sinks in use.
@@ -739,19 +740,34 @@ impl Engine {
 }
 
 /// Device ids of every key under `prefix` (one `SCAN` round trip per 1,000 keys).
-async fn list_leases(url: &str, prefix: &str) -> Result<Vec<String>, crate::redis_client::RedisError> {
-    let conn = crate::redis_client::RedisConn::new(&crate::redis_client::ConnectionConfig::new(url))?;
+async fn list_leases(
+    url: &str,
+    prefix: &str,
+) -> Result<Vec<String>, crate::redis_client::RedisError> {
+    let conn =
+        crate::redis_client::RedisConn::new(&crate::redis_client::ConnectionConfig::new(url))?;
     let counters = crate::redis_client::RetryCounters::default();
     let pattern = format!("{}*", glob_escape(prefix));
     let mut cursor: u64 = 0;
     let mut out = Vec::new();
     loop {
         let mut cmd = redis::cmd("SCAN");
-        cmd.arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000);
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000);
         let (next, keys): (u64, Vec<String>) = conn
-            .query(crate::redis_client::Request::Cmd(&cmd), "SCAN lease keys", &counters)
+            .query(
+                crate::redis_client::Request::Cmd(&cmd),
+                "SCAN lease keys",
+                &counters,
+            )
             .await?;
-        out.extend(keys.into_iter().filter_map(|k| k.strip_prefix(prefix).map(str::to_string)));
+        out.extend(
+            keys.into_iter()
+                .filter_map(|k| k.strip_prefix(prefix).map(str::to_string)),
+        );
         if next == 0 {
             break;
         }
@@ -776,15 +792,29 @@ fn glob_escape(text: &str) -> String {
 
 /// Views in an order where each comes after the views it reads (file order otherwise),
 /// so a grading view may name signal views of files sorted after it.
-fn view_order<'p>(ctx: &SessionContext, program: &'p Program) -> Result<Vec<&'p sql::ViewDef>, EngineError> {
+fn view_order<'p>(
+    ctx: &SessionContext,
+    program: &'p Program,
+) -> Result<Vec<&'p sql::ViewDef>, EngineError> {
     let state = ctx.state();
-    let names: HashMap<&str, usize> = program.views.iter().enumerate().map(|(i, v)| (v.name.as_str(), i)).collect();
+    let names: HashMap<&str, usize> = program
+        .views
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.name.as_str(), i))
+        .collect();
     let mut deps: Vec<Vec<usize>> = Vec::with_capacity(program.views.len());
     for v in &program.views {
         let err = |e: datafusion::error::DataFusionError| {
-            EngineError::Sql(SqlError::new(&v.pos, format!("CREATE VIEW {}", v.name), e.to_string()))
+            EngineError::Sql(SqlError::new(
+                &v.pos,
+                format!("CREATE VIEW {}", v.name),
+                e.to_string(),
+            ))
         };
-        let stmt = state.sql_to_statement(&v.query, &datafusion::config::Dialect::Generic).map_err(err)?;
+        let stmt = state
+            .sql_to_statement(&v.query, &datafusion::config::Dialect::Generic)
+            .map_err(err)?;
         let refs = state.resolve_table_references(&stmt).map_err(err)?;
         deps.push(
             refs.iter()

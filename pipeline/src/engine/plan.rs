@@ -183,9 +183,16 @@ pub fn bind_tables(
                         .map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable))
                         .collect::<Vec<_>>(),
                 ));
-                let want = [("device_id", DataType::Utf8), ("event_time", leasewatch_schemas::timestamp_type())];
+                let want = [
+                    ("device_id", DataType::Utf8),
+                    ("event_time", leasewatch_schemas::timestamp_type()),
+                ];
                 let ok = schema.fields().len() == 2
-                    && schema.fields().iter().zip(&want).all(|(f, (n, ty))| f.name() == n && f.data_type() == ty);
+                    && schema
+                        .fields()
+                        .iter()
+                        .zip(&want)
+                        .all(|(f, (n, ty))| f.name() == n && f.data_type() == ty);
                 if !ok {
                     return Err(sql_err(
                         &t.pos,

@@ -166,7 +166,9 @@ impl<W: Write + Send> Sink for JsonLines<W> {
     }
     fn position(&self) -> Option<SinkPosition> {
         let path = self.path.as_ref()?;
-        Some(SinkPosition::Bytes(std::fs::metadata(path).map_or(0, |m| m.len())))
+        Some(SinkPosition::Bytes(
+            std::fs::metadata(path).map_or(0, |m| m.len()),
+        ))
     }
     fn rewind(&mut self, position: &SinkPosition) -> Result<(), SinkError> {
         let (Some(path), SinkPosition::Bytes(len)) = (&self.path, position) else {

@@ -9,8 +9,8 @@
 mod table;
 
 pub use table::{
-    ColumnDef, OptionValue, SINK_CONNECTORS, SOURCE_CONNECTOR, SWEEP_CONNECTOR, TableDef, TableKind, WatermarkDef,
-    parse_interval_ms,
+    ColumnDef, OptionValue, SINK_CONNECTORS, SOURCE_CONNECTOR, SWEEP_CONNECTOR, TableDef,
+    TableKind, WatermarkDef, parse_interval_ms,
 };
 
 /// The connector name of the pipeline's own ping source.

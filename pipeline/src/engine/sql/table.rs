@@ -126,7 +126,11 @@ pub fn parse_interval_ms(text: &str) -> Option<i64> {
 }
 
 fn sql_type_to_arrow(sql: &str) -> Option<DataType> {
-    let upper = sql.to_ascii_uppercase().replace(" [ ]", "[]").replace(" < ", "<").replace(" >", ">");
+    let upper = sql
+        .to_ascii_uppercase()
+        .replace(" [ ]", "[]")
+        .replace(" < ", "<")
+        .replace(" >", ">");
     let base = upper.split('(').next().unwrap_or("").trim();
     Some(match base {
         "TEXT" | "VARCHAR" | "STRING" | "CHAR" | "CHARACTER VARYING" => DataType::Utf8,
@@ -142,10 +146,9 @@ fn sql_type_to_arrow(sql: &str) -> Option<DataType> {
         "FLOAT" | "REAL" | "FLOAT4" => DataType::Float32,
         "BOOLEAN" | "BOOL" => DataType::Boolean,
         "TIMESTAMP" | "TIMESTAMPTZ" => leasewatch_schemas::timestamp_type(),
-        "BIGINT[]" | "ARRAY<BIGINT>" => DataType::List(std::sync::Arc::new(arrow::datatypes::Field::new_list_field(
-            DataType::Int64,
-            true,
-        ))),
+        "BIGINT[]" | "ARRAY<BIGINT>" => DataType::List(std::sync::Arc::new(
+            arrow::datatypes::Field::new_list_field(DataType::Int64, true),
+        )),
         _ => return None,
     })
 }

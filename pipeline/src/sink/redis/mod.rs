@@ -483,7 +483,11 @@ pub fn alerts_from_batch(batch: &RecordBatch) -> Result<Vec<Alert>, RedisSinkErr
             Some(r) => match serde_json::from_str(&r) {
                 Ok(v) => v,
                 Err(first) => serde_json::from_str(&escape_controls(&r)).map_err(|_| {
-                    bad(row, "reasons", format!("not a JSON array of reasons: {first}"))
+                    bad(
+                        row,
+                        "reasons",
+                        format!("not a JSON array of reasons: {first}"),
+                    )
                 })?,
             },
         };
