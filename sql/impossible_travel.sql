@@ -1,7 +1,9 @@
 -- impossible_travel: consecutive fixes imply a speed no airliner reaches (spoofing or a
--- cloned identity). Fixes less accurate than 1 km are ignored by max_speed_kmh, and
--- each fix's accuracy is taken off the distance.
---   threshold: 1200 km/h; window: hop(5 minutes, 30 minutes)
+-- cloned identity). Only fixes accurate to 200 m enter the window (a poorer fix, e.g.
+-- a cell-tower position a few km off taken seconds after a GPS fix, says nothing about
+-- speed), and each fix's accuracy is taken off the distance.
+--   threshold: 1200 km/h; window: hop(15 minutes, 30 minutes) (every pair of fixes up to
+--   15 minutes apart is inside one window); accuracy <= 200 m
 CREATE VIEW impossible_travel_signals AS
 SELECT 'impossible_travel' AS signal, device_id, window_end AS event_time,
        window_start, window_end, kmh AS value, 1200.0 AS threshold,
@@ -9,9 +11,10 @@ SELECT 'impossible_travel' AS signal, device_id, window_end AS event_time,
 FROM (
   SELECT device_id, window.start AS window_start, window.end AS window_end, kmh
   FROM (
-    SELECT device_id, hop(INTERVAL '5' MINUTE, INTERVAL '30' MINUTE) AS window,
+    SELECT device_id, hop(INTERVAL '15' MINUTE, INTERVAL '30' MINUTE) AS window,
            max_speed_kmh(event_time, lat, lon, accuracy_m) AS kmh
     FROM pings
+    WHERE lat IS NOT NULL AND lon IS NOT NULL AND accuracy_m <= 200
     GROUP BY 1, 2
   )
 )

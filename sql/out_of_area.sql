@@ -1,15 +1,16 @@
--- out_of_area: a fix outside the lease's permitted area (H3 cells around home, work and
--- usual places at the lease's resolution), with one ring of tolerance for fixes near
--- the edge. Fixes less accurate than the threshold are ignored.
---   tolerance: 1 ring; accuracy: at most 150 m
+-- out_of_area: a fix outside the lease's permitted area: the H3 cells (at the lease's
+-- resolution) around home, work and usual places and along the routes between them. The
+-- area carries its own margins (rings around each place, a corridor along each route),
+-- so a fix is outside as soon as its cell is not in the area (0 rings of tolerance).
+-- Fixes less accurate than the threshold are ignored. Per ping, joined with lease state
+-- (in ping_lease, which keeps only fixes whose cell is not a permitted one); coarser
+-- permitted cells (a compacted area) are compared at their own resolution here.
+--   accuracy: at most 150 m; tolerance: 0 rings
 CREATE VIEW out_of_area_signals AS
-SELECT 'out_of_area' AS signal, p.device_id, p.event_time,
-       p.event_time AS window_start, p.event_time AS window_end,
-       CAST(p.accuracy_m AS DOUBLE) AS value, 150.0 AS threshold,
-       CAST(NULL AS TEXT) AS detail, p.lat, p.lon
-FROM pings p
-JOIN leases l ON l.key = concat('lw:lease:', p.device_id)
-WHERE p.lat IS NOT NULL AND p.lon IS NOT NULL
-  AND p.accuracy_m <= 150
-  AND l.permitted_cells IS NOT NULL
-  AND NOT h3_in_area(h3_cell(p.lat, p.lon, CAST(l.area_res AS BIGINT)), l.permitted_cells, 1);
+SELECT 'out_of_area' AS signal, device_id, event_time,
+       event_time AS window_start, event_time AS window_end,
+       CAST(accuracy_m AS DOUBLE) AS value, 150.0 AS threshold,
+       CAST(NULL AS TEXT) AS detail, lat, lon
+FROM ping_lease
+WHERE off_cell
+  AND NOT h3_in_area(h3_cell(lat, lon, CAST(area_res AS BIGINT)), permitted_cells, 0);

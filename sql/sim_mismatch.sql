@@ -1,13 +1,11 @@
 -- sim_mismatch: the phone reports a SIM (ICCID) other than the one registered on its
--- lease. Per ping, joined with lease state; leases without a registered SIM never fire.
+-- lease. Per ping, joined with lease state (in ping_lease); leases without a registered
+-- SIM never fire.
 CREATE VIEW sim_mismatch_signals AS
-SELECT 'sim_mismatch' AS signal, p.device_id, p.event_time,
-       p.event_time AS window_start, p.event_time AS window_end,
+SELECT 'sim_mismatch' AS signal, device_id, event_time,
+       event_time AS window_start, event_time AS window_end,
        CAST(NULL AS DOUBLE) AS value, CAST(NULL AS DOUBLE) AS threshold,
-       concat('seen ', p.iccid, ', registered ', l.registered_iccid) AS detail,
-       p.lat, p.lon
-FROM pings p
-JOIN leases l ON l.key = concat('lw:lease:', p.device_id)
-WHERE p.iccid IS NOT NULL
-  AND l.registered_iccid IS NOT NULL
-  AND p.iccid <> l.registered_iccid;
+       concat('seen ', iccid, ', registered ', registered_iccid) AS detail,
+       lat, lon
+FROM ping_lease
+WHERE sim_change;
