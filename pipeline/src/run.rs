@@ -3,14 +3,22 @@
 //! Start-up: open the WAL (`wal.dir`) and the checkpoint store (`<wal.dir>/checkpoints`:
 //! the WAL only looks at its own segment files, and its directory lock keeps a second
 //! process away from both), build the engine from `engine.sql_dir`, restore the newest
-//! checkpoint and continue after its lsn. A checkpoint ahead of the WAL head means the
-//! WAL was lost (or `wal.dir` points elsewhere): that is an error, not a fresh start.
+//! checkpoint and continue after its lsn (with none yet, save one of the initial state
+//! first, so that even a crash before the first periodic checkpoint cuts the file sinks
+//! back). A checkpoint ahead of the WAL head means the WAL was lost (or `wal.dir` points
+//! elsewhere): that is an error, not a fresh start.
+//!
+//! Ingest (HTTP) runs on a multi-threaded runtime of its own, so that it keeps answering
+//! while the engine's thread is busy or blocked (queries, a Redis sink waiting out an
+//! outage, a checkpoint's fsync).
 //!
 //! While running, the engine processes every WAL entry after the one it consumed last,
 //! flushes its sinks, and reports its progress to ingest (backpressure) and metrics.
-//! Every `engine.checkpoint_interval_secs` it flushes the sinks, saves a checkpoint of
-//! its state at the consumed lsn, and deletes WAL segments the *previous* checkpoint no
-//! longer needs (so the fallback checkpoint the store keeps stays usable).
+//! Every `engine.checkpoint_interval_secs` (also in the middle of a long backlog) it
+//! flushes the sinks, saves a checkpoint of its state at the consumed lsn, and deletes WAL
+//! segments the *previous* checkpoint no longer needs (so the fallback checkpoint the
+//! store keeps stays usable). A checkpoint the disk refuses (full) is retried at the next
+//! interval instead of stopping the pipeline.
 //!
 //! SIGTERM / SIGINT: ingest stops accepting and finishes the requests in flight (each
 //! acknowledged only once durable in the WAL), the engine processes what is left, and a
@@ -169,6 +177,13 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
             "restored checkpoint at lsn {lsn}; replaying WAL entries {}..={head}",
             lsn + 1
         );
+    } else {
+        // No checkpoint yet: save one of the initial state (file sinks at their current
+        // length) before anything is processed, so that a crash before the first periodic
+        // checkpoint restores it and cuts the file sinks back, instead of replaying the WAL
+        // after what the crashed process had written (every row twice).
+        engine.commit()?;
+        store.save(consumed, &engine.checkpoint()?)?;
     }
 
     let registry = prometheus::Registry::new();
@@ -207,16 +222,25 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
         .with_metrics(metrics.clone());
 
     let listen = config.ingest.listen;
-    let listener = TcpListener::bind(listen)
-        .await
+    let listener = std::net::TcpListener::bind(listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| RunError::io(format!("listening on {listen}"), e))?;
     let addr = listener
         .local_addr()
         .map_err(|e| RunError::io(format!("listening on {listen}"), e))?;
+    // Ingest runs on a runtime of its own: the engine blocks the thread it runs on at
+    // times (a Redis sink waiting out an outage, file sinks, a checkpoint's fsync, the
+    // queries themselves), and ingest must keep answering meanwhile (202 once in the WAL,
+    // or 429/503), not hang with it.
+    let ingest_runtime = IngestRuntime::new()?;
     let mut stopped = stop.subscribe();
-    let server = tokio::spawn(serve(listener, router(state), async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    }));
+    let server = ingest_runtime.spawn(async move {
+        let listener = TcpListener::from_std(listener)?;
+        serve(listener, router(state), async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })
+        .await
+    });
     eprintln!("listening on http://{addr}");
 
     let mut side = EngineSide {
@@ -253,6 +277,45 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
             side.checkpoint()?;
             eprintln!("stopped; checkpoint at lsn {}", side.consumed);
             Ok(())
+        }
+    }
+}
+
+/// The multi-threaded runtime the HTTP ingest server runs on, apart from the engine's.
+/// Dropping it stops what still runs on it without waiting (the server has finished by
+/// then, unless `run` is failing).
+struct IngestRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl IngestRuntime {
+    fn new() -> Result<Self, RunError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ingest")
+            .enable_all()
+            .build()
+            .map_err(|e| RunError::io("starting the ingest runtime", e))?;
+        Ok(Self {
+            handle: runtime.handle().clone(),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn spawn(
+        &self,
+        server: impl Future<Output = std::io::Result<()>> + Send + 'static,
+    ) -> JoinHandle<std::io::Result<()>> {
+        self.handle.spawn(server)
+    }
+}
+
+impl Drop for IngestRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            // Dropping a runtime may block, which an async context must not do.
+            rt.shutdown_background();
         }
     }
 }
@@ -361,7 +424,7 @@ impl EngineSide {
             head.borrow_and_update();
             self.drain().await?;
             if self.last_checkpoint.elapsed() >= self.interval {
-                self.checkpoint()?;
+                self.periodic_checkpoint()?;
             }
             self.sweep_if_due().await?;
             let mut due = self.last_checkpoint + self.interval;
@@ -433,6 +496,11 @@ impl EngineSide {
             self.consumed = lsn;
             self.progress.send_replace(lsn);
             any = true;
+            // A long backlog (a restart, an outage caught up) is checkpointed as it goes,
+            // so a crash does not replay all of it again and the WAL can be truncated.
+            if self.last_checkpoint.elapsed() >= self.interval {
+                self.periodic_checkpoint()?;
+            }
         }
         if any {
             self.engine.flush()?;
@@ -464,6 +532,24 @@ impl EngineSide {
         write().map_err(|e| RunError::io(format!("writing {}", path.display()), e.to_string()))?;
         tracing::error!(lsn, rows = batch.num_rows(), file = %path.display(), error = %error, "a query failed on a batch: set aside in the dead-letter folder");
         Ok(())
+    }
+
+    /// [`EngineSide::checkpoint`], where a disk that refuses it (full, I/O error) is not
+    /// fatal: the checkpoint is tried again at the next interval. Nothing is lost
+    /// meanwhile: the checkpoints already saved and every WAL entry after the older one
+    /// stay, and ingest answers 503 by itself while the WAL cannot be written either.
+    fn periodic_checkpoint(&mut self) -> Result<(), RunError> {
+        match self.checkpoint() {
+            Err(RunError::Wal(e)) if e.domain() == WalErrorDomain::External => {
+                eprintln!(
+                    "checkpoint at lsn {} failed, trying again in {:?}: {e}",
+                    self.consumed, self.interval
+                );
+                self.last_checkpoint = Instant::now();
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Flushes the sinks, saves a checkpoint at `consumed`, then deletes the WAL

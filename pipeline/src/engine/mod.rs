@@ -904,17 +904,24 @@ fn internal(e: impl std::fmt::Display) -> EngineError {
     EngineError::Internal(e.to_string())
 }
 
+/// Runs a compiled plan once over what its slots hold now.
+///
+/// Each execution of a DataFusion plan registers fresh operator metrics in the plan's
+/// nodes, and they are never freed: a plan executed for every batch would grow without
+/// bound (hundreds of KB per batch). So every run executes a fresh copy of the plan
+/// (`reset_plan_states`: new nodes over the same slots and expressions, no planning).
 async fn run(
     plan: &Arc<dyn ExecutionPlan>,
     task: &Arc<TaskContext>,
     pos: &Pos,
 ) -> Result<Vec<RecordBatch>, EngineError> {
-    collect(plan.clone(), task.clone())
-        .await
-        .map_err(|e| EngineError::Query {
-            pos: pos.clone(),
-            message: e.to_string(),
-        })
+    let query = |e: datafusion::error::DataFusionError| EngineError::Query {
+        pos: pos.clone(),
+        message: e.to_string(),
+    };
+    let fresh = datafusion::physical_plan::execution_plan::reset_plan_states(Arc::clone(plan))
+        .map_err(query)?;
+    collect(fresh, task.clone()).await.map_err(query)
 }
 
 /// Runs the pre-window plan on the on-time batch in the source slot and files the

@@ -127,6 +127,50 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server cleanly (`SHUTDOWN SAVE`: it writes `dump.rdb` first, so a
+    /// [`RedisServer::restart`] comes back with the same data) and waits for it to exit.
+    pub fn shutdown_save(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // The server closes the connection instead of answering.
+        let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").arg("SAVE").query(&mut self.conn());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "redis-server did not exit after SHUTDOWN SAVE: {}",
+            self.log()
+        );
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open and requests get no answer,
+    /// as with a hung host. [`RedisServer::resume`] thaws it.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Thaws a [`RedisServer::pause`]d server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill")
+                .args([format!("-{name}"), c.id().to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill -{name} redis-server failed");
+        }
+    }
+
     /// Starts the server again on the same port and directory (it loads `dump.rdb` if a
     /// `SAVE` wrote one).
     pub fn restart(&mut self) {
