@@ -4,6 +4,7 @@
 //! structs). One request is decoded with one decoder; only when that fails are its
 //! rows split in halves, recursively, until every bad row is isolated and reported
 //! while the good ones are kept (k bad rows among n cost about k·log n small decodes).
+//! NDJSON goes through [`NdjsonDecoder`], which replay also uses for file regions.
 
 use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
 use arrow::buffer::Buffer;
@@ -137,20 +138,347 @@ fn strip_bom(s: &[u8]) -> &[u8] {
 }
 
 /// Decodes newline-delimited JSON: one ping object per non-blank line. A line that
-/// does not decode is rejected on its own; the other lines are kept.
+/// does not decode is rejected on its own; the other lines are kept. The request-body
+/// face of [`NdjsonDecoder`] (replay decodes file regions with the same code).
 pub fn decode_ndjson(body: &[u8], max_rows: usize) -> Result<Decoded, DecodeError> {
-    let body = strip_bom(body);
-    let mut rows = Vec::new();
-    for line in body.split(|b| *b == b'\n') {
-        let line = trim_ascii(line);
-        if !line.is_empty() {
-            if rows.len() == max_rows {
-                return Err(DecodeError::TooManyRows { limit: max_rows });
-            }
-            rows.push(line);
+    let decoded = NdjsonDecoder::new(usize::MAX).decode(strip_bom(body), max_rows)?;
+    let schema = ping_schema();
+    let mut out = Decoded::empty(Arc::clone(&schema));
+    out.total_rows = decoded.rows;
+    let mut bad = decoded.rejected.iter().map(|r| r.rejection.row).peekable();
+    for row in 0..decoded.rows {
+        if bad.peek() == Some(&row) {
+            bad.next();
+        } else {
+            out.request_rows.push(row);
         }
     }
-    Ok(decode_json_rows(&rows, Some(body)))
+    out.rejected = decoded.rejected.into_iter().map(|r| r.rejection).collect();
+    let mut batches = decoded.batches;
+    out.batch = match batches.len() {
+        0 => RecordBatch::new_empty(schema),
+        1 => batches
+            .pop()
+            .unwrap_or_else(|| RecordBatch::new_empty(schema)),
+        _ => match concat_batches(&schema, &batches) {
+            Ok(b) => b,
+            Err(e) => {
+                reject_all(&mut out, &e);
+                RecordBatch::new_empty(schema)
+            }
+        },
+    };
+    Ok(out)
+}
+
+/// NDJSON text (a request body, a region of a file) decoded into ping rows.
+#[derive(Debug, Clone, Default)]
+pub struct NdjsonDecoded {
+    /// The rows that decoded, in text order, in batches of at most the decoder's
+    /// `batch_rows` rows, in the column layout of [`ping_schema`].
+    pub batches: Vec<RecordBatch>,
+    /// The rows that did not decode, in text order.
+    pub rejected: Vec<NdjsonRejection>,
+    /// Rows in the text: its non-blank lines (decoded + rejected).
+    pub rows: usize,
+    /// Lines in the text (a last line without `\n` counts).
+    pub lines: usize,
+}
+
+/// A row of NDJSON text that did not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NdjsonRejection {
+    /// Its line in the text, 0-based (blank lines counted).
+    pub line: usize,
+    /// Its row (0-based, among the non-blank lines) and what is wrong with it.
+    pub rejection: RowRejection,
+}
+
+/// The NDJSON decoder, shared by ingest (a request body: [`decode_ndjson`]) and
+/// replay (regions of a file, one decoder per thread).
+///
+/// The whole text goes through one arrow-json `Decoder` in one pass, cut into batches
+/// of `batch_rows`; it must yield exactly one row per non-blank line. Only when it
+/// does not are the rows bisected (see the module documentation) so that each bad row
+/// is rejected on its own, with the same messages as a JSON array's elements. The
+/// arrow-json decoder is kept between calls: its buffers are sized for a batch.
+#[derive(Debug)]
+pub struct NdjsonDecoder {
+    batch_rows: usize,
+    /// The decoder kept between calls, with its batch size.
+    cached: Option<(usize, arrow_json::reader::Decoder)>,
+}
+
+impl NdjsonDecoder {
+    /// A decoder yielding batches of at most `batch_rows` rows (`usize::MAX`: one).
+    pub fn new(batch_rows: usize) -> Self {
+        Self {
+            batch_rows: batch_rows.max(1),
+            cached: None,
+        }
+    }
+
+    /// Decodes `text` (no byte-order mark: strip it first) holding at most `max_rows`
+    /// non-blank lines; more is [`DecodeError::TooManyRows`], found before decoding.
+    pub fn decode(&mut self, text: &[u8], max_rows: usize) -> Result<NdjsonDecoded, DecodeError> {
+        let (scan, flat) = match flat_lines(text) {
+            Some(lines) if lines > max_rows => {
+                return Err(DecodeError::TooManyRows { limit: max_rows });
+            }
+            Some(lines) => (LineScan { rows: lines, lines }, true),
+            None => (scan_lines(text, max_rows)?, false),
+        };
+        let mut out = NdjsonDecoded {
+            rows: scan.rows,
+            lines: scan.lines,
+            ..NdjsonDecoded::default()
+        };
+        if scan.rows == 0 {
+            return Ok(out);
+        }
+        // Flat lines cannot nest (see `flat_lines`); anything else is measured like the
+        // bisection's parts before the decoder sees it.
+        if flat || Nesting::default().feed(text).is_ok() {
+            let batch = self.batch_rows.min(scan.rows);
+            match self.decode_whole(text, batch, scan.rows) {
+                Ok(batches) => {
+                    out.batches = batches;
+                    return Ok(out);
+                }
+                // The decoder's state is unknown after an error: start afresh.
+                Err(_) => self.cached = None,
+            }
+        }
+        let spans = row_spans(text);
+        let indexed: Vec<(usize, &[u8])> = spans.iter().map(|s| s.1).enumerate().collect();
+        let mut parts = Vec::new();
+        let mut found = Decoded::empty(ping_schema());
+        bisect(&indexed, &mut parts, &mut found);
+        found.rejected.sort_by_key(|r| r.row);
+        match rechunk(&parts, self.batch_rows) {
+            Ok(batches) => {
+                out.batches = batches;
+                out.rejected = found
+                    .rejected
+                    .into_iter()
+                    .map(|rejection| NdjsonRejection {
+                        line: spans.get(rejection.row).map_or(0, |s| s.0),
+                        rejection,
+                    })
+                    .collect();
+            }
+            Err(e) => {
+                out.rejected = spans
+                    .iter()
+                    .enumerate()
+                    .map(|(row, s)| NdjsonRejection {
+                        line: s.0,
+                        rejection: internal_rejection(row, &e),
+                    })
+                    .collect();
+            }
+        }
+        Ok(out)
+    }
+
+    /// The whole text through one decoder: exactly `expected` rows, or an error.
+    fn decode_whole(
+        &mut self,
+        text: &[u8],
+        batch: usize,
+        expected: usize,
+    ) -> Result<Vec<RecordBatch>, String> {
+        if !matches!(&self.cached, Some((b, _)) if *b == batch) {
+            let d = ReaderBuilder::new(ping_schema())
+                .with_strict_mode(true)
+                .with_batch_size(batch)
+                .build_decoder()
+                .map_err(|e| e.to_string())?;
+            self.cached = Some((batch, d));
+        }
+        let Some((_, d)) = self.cached.as_mut() else {
+            return Err("no decoder".to_string());
+        };
+        let mut out = Vec::with_capacity(expected / batch + 1);
+        let mut total = 0usize;
+        // The trailing newline completes a last line that ends in a bare literal.
+        for part in [text, &b"\n"[..]] {
+            let mut rest = part;
+            while !rest.is_empty() {
+                let n = d.decode(rest).map_err(|e| e.to_string())?;
+                rest = &rest[n..];
+                if d.len() >= batch {
+                    if let Some(b) = d.flush().map_err(|e| e.to_string())? {
+                        total += b.num_rows();
+                        out.push(b);
+                    }
+                } else if n == 0 {
+                    return Err("the JSON decoder made no progress".to_string());
+                }
+                if total > expected {
+                    return Err(format!("more than {expected} JSON values"));
+                }
+            }
+        }
+        if d.has_partial_record() {
+            return Err("incomplete JSON value".to_string());
+        }
+        if let Some(b) = d.flush().map_err(|e| e.to_string())? {
+            total += b.num_rows();
+            out.push(b);
+        }
+        if total != expected {
+            return Err(format!("expected {expected} JSON objects, found {total}"));
+        }
+        Ok(out)
+    }
+}
+
+/// Lines and non-blank lines (rows) of NDJSON text.
+struct LineScan {
+    rows: usize,
+    lines: usize,
+}
+
+/// Counts lines and non-blank lines, failing past `max_rows`.
+fn scan_lines(text: &[u8], max_rows: usize) -> Result<LineScan, DecodeError> {
+    let mut scan = LineScan { rows: 0, lines: 0 };
+    let mut start = 0;
+    while start < text.len() {
+        let end = find_newline(text, start).unwrap_or(text.len());
+        scan.lines += 1;
+        if !trim_ascii(&text[start..end]).is_empty() {
+            if scan.rows == max_rows {
+                return Err(DecodeError::TooManyRows { limit: max_rows });
+            }
+            scan.rows += 1;
+        }
+        start = end + 1;
+    }
+    Ok(scan)
+}
+
+/// The number of lines when every line of `text` is `{...}`, nothing around it, and no
+/// `{`, `}`, `[` or `]` byte inside it (in strings or not): the common case, checked in
+/// one pass the compiler vectorises. Such text cannot nest deeper than one object:
+/// every line holds exactly one opening byte, its first, so only a line that starts
+/// outside a string and ends inside one can leave an object open; the next line then
+/// starts inside that string and can leave it only before its last byte, the `}` that
+/// closes the object.
+fn flat_lines(text: &[u8]) -> Option<usize> {
+    let (&first, body) = text.split_first()?;
+    let trimmed = text.strip_suffix(b"\n").unwrap_or(text);
+    if first != b'{' || trimmed.last() != Some(&b'}') || body.is_empty() {
+        return None;
+    }
+    let (head, last) = text.split_at(text.len() - 1);
+    let (mut newlines, mut brackets, mut pairs) = (0usize, 0usize, 0usize);
+    // Blocks short enough for byte counters.
+    for (xs, ys) in head.chunks(240).zip(body.chunks(240)) {
+        let (mut n, mut b, mut p) = (0u8, 0u8, 0u8);
+        for (&x, &y) in xs.iter().zip(ys) {
+            n += u8::from(x == b'\n');
+            // `|0x20` folds `[` onto `{` and `]` onto `}`.
+            let z = x | 0x20;
+            b += u8::from(z == b'{') + u8::from(z == b'}');
+            p += u8::from(((x == b'\n') & (y == b'{')) | ((x == b'}') & (y == b'\n')));
+        }
+        newlines += usize::from(n);
+        brackets += usize::from(b);
+        pairs += usize::from(p);
+    }
+    let last = last.first().copied().unwrap_or(0);
+    newlines += usize::from(last == b'\n');
+    brackets += usize::from((last | 0x20) == b'}');
+    let terminated = last == b'\n';
+    let lines = newlines + usize::from(!terminated);
+    // Every newline after a `}` and, but for a final one, before a `{`; with the first
+    // byte `{` and the last line ending in `}`, each line starts with `{` and ends with
+    // `}`: two brackets per line means no other.
+    let want_pairs = 2 * lines - if terminated { 1 } else { 2 };
+    (pairs == want_pairs && brackets == 2 * lines).then_some(lines)
+}
+
+/// The non-blank lines of `text`, trimmed, with their 0-based line numbers.
+fn row_spans(text: &[u8]) -> Vec<(usize, &[u8])> {
+    let mut out = Vec::new();
+    let (mut start, mut line) = (0, 0);
+    while start < text.len() {
+        let end = find_newline(text, start).unwrap_or(text.len());
+        let row = trim_ascii(&text[start..end]);
+        if !row.is_empty() {
+            out.push((line, row));
+        }
+        line += 1;
+        start = end + 1;
+    }
+    out
+}
+
+/// The first `\n` at or after `from`, eight bytes at a time.
+fn find_newline(text: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    const NEWLINES: u64 = ONES * b'\n' as u64;
+    let rest = text.get(from..)?;
+    let mut words = rest.chunks_exact(8);
+    let mut at = from;
+    for w in words.by_ref() {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(w);
+        let x = u64::from_le_bytes(bytes) ^ NEWLINES;
+        // The lowest byte flagged is the first zero byte of x (higher flags may be false).
+        let zero = x.wrapping_sub(ONES) & !x & HIGHS;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|b| *b == b'\n')
+        .map(|i| at + i)
+}
+
+/// `parts` (in order) as batches of at most `batch_rows` rows.
+fn rechunk(
+    parts: &[RecordBatch],
+    batch_rows: usize,
+) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+    if parts.iter().all(|p| p.num_rows() <= batch_rows) && parts.len() <= 1 {
+        return Ok(parts.to_vec());
+    }
+    let all = concat_batches(&ping_schema(), parts)?;
+    let mut out = Vec::with_capacity(all.num_rows() / batch_rows + 1);
+    let mut at = 0;
+    while at < all.num_rows() {
+        let len = batch_rows.min(all.num_rows() - at);
+        out.push(all.slice(at, len));
+        at += len;
+    }
+    Ok(out)
+}
+
+fn internal_rejection(row: usize, e: &dyn std::fmt::Display) -> RowRejection {
+    RowRejection {
+        row,
+        problems: vec![RowProblem {
+            field: "row".into(),
+            kind: "internal".into(),
+            value: String::new(),
+            message: e.to_string(),
+        }],
+    }
+}
+
+/// Every part has the ping schema, so concatenation cannot fail; should it, every row
+/// of the request is rejected as an internal error.
+fn reject_all(out: &mut Decoded, e: &dyn std::fmt::Display) {
+    out.request_rows.clear();
+    out.rejected = (0..out.total_rows)
+        .map(|row| internal_rejection(row, e))
+        .collect();
 }
 
 /// Decodes a JSON array of ping objects. The array is split into its elements by a
@@ -159,7 +487,7 @@ pub fn decode_ndjson(body: &[u8], max_rows: usize) -> Result<Decoded, DecodeErro
 /// rejected on its own. A body that is not an array at all is malformed.
 pub fn decode_json_array(body: &[u8], max_rows: usize) -> Result<Decoded, DecodeError> {
     let rows = split_json_array(strip_bom(body), max_rows)?;
-    Ok(decode_json_rows(&rows, None))
+    Ok(decode_json_rows(&rows))
 }
 
 /// The elements of a top-level JSON array, trimmed.
@@ -215,9 +543,8 @@ fn split_json_array(body: &[u8], max_rows: usize) -> Result<Vec<&[u8]>, DecodeEr
     Ok(out)
 }
 
-/// Decodes JSON rows, isolating the ones that fail. `whole` is the same rows as one
-/// contiguous body (NDJSON), fed in one piece on the first attempt.
-fn decode_json_rows(rows: &[&[u8]], whole: Option<&[u8]>) -> Decoded {
+/// Decodes JSON rows (a JSON array's elements), isolating the ones that fail.
+fn decode_json_rows(rows: &[&[u8]]) -> Decoded {
     let schema = ping_schema();
     let mut out = Decoded::empty(Arc::clone(&schema));
     out.total_rows = rows.len();
@@ -226,11 +553,7 @@ fn decode_json_rows(rows: &[&[u8]], whole: Option<&[u8]>) -> Decoded {
     }
     let indexed: Vec<(usize, &[u8])> = rows.iter().copied().enumerate().collect();
     let mut batches = Vec::new();
-    let first = match whole {
-        Some(body) => try_decode_json(std::iter::once(body), rows.len()),
-        None => try_decode_json(rows.iter().copied(), rows.len()),
-    };
-    match first {
+    match try_decode_json(rows.iter().copied(), rows.len()) {
         Ok(batch) => {
             batches.push(batch);
             out.request_rows.extend(0..rows.len());
@@ -239,20 +562,8 @@ fn decode_json_rows(rows: &[&[u8]], whole: Option<&[u8]>) -> Decoded {
     }
     out.batch = match concat_batches(&schema, &batches) {
         Ok(b) => b,
-        // Every part has `schema`: concatenation cannot fail. Should it, reject all.
         Err(e) => {
-            out.request_rows.clear();
-            out.rejected = (0..rows.len())
-                .map(|row| RowRejection {
-                    row,
-                    problems: vec![RowProblem {
-                        field: "row".into(),
-                        kind: "internal".into(),
-                        value: String::new(),
-                        message: e.to_string(),
-                    }],
-                })
-                .collect();
+            reject_all(&mut out, &e);
             RecordBatch::new_empty(schema)
         }
     };
@@ -288,6 +599,51 @@ fn bisect(rows: &[(usize, &[u8])], batches: &mut Vec<RecordBatch>, out: &mut Dec
     }
 }
 
+/// Deepest nesting of JSON arrays and objects read. A ping is one flat object (depth
+/// 1); the bound is there because arrow-json renders a value of the wrong type into
+/// its error message by a recursion as deep as the value: 100k `[` in one row used to
+/// overflow the stack and abort the whole server.
+const MAX_JSON_DEPTH: usize = 32;
+
+/// Nesting depth across the parts fed to one decoder, tracked the way its tokenizer
+/// sees them (strings and escapes respected), so that no part is decoded past
+/// [`MAX_JSON_DEPTH`].
+#[derive(Default)]
+struct Nesting {
+    depth: usize,
+    in_str: bool,
+    escaped: bool,
+}
+
+impl Nesting {
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
+        for &b in bytes {
+            if self.in_str {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_str = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_str = true,
+                b'{' | b'[' => {
+                    self.depth += 1;
+                    if self.depth > MAX_JSON_DEPTH {
+                        return Err(format!("JSON nested deeper than {MAX_JSON_DEPTH} levels"));
+                    }
+                }
+                b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Decodes `parts` (JSON text, concatenated) into one batch that must hold exactly
 /// `expected` rows.
 fn try_decode_json<'a>(
@@ -299,7 +655,9 @@ fn try_decode_json<'a>(
         .with_batch_size(expected + 1)
         .build_decoder()
         .map_err(|e| e.to_string())?;
+    let mut nesting = Nesting::default();
     for part in parts {
+        nesting.feed(part)?;
         let mut rest = part;
         while !rest.is_empty() {
             let n = decoder.decode(rest).map_err(|e| e.to_string())?;
@@ -370,14 +728,27 @@ fn json_rejection(row: usize, text: &[u8], message: &str) -> RowRejection {
     } else {
         ("row".to_string(), "bad_json")
     };
+    // arrow-json quotes the offending value (and names unknown fields) in full: cut
+    // both so that a 10 MB value is not echoed back, once per rejected row.
     RowRejection {
         row,
         problems: vec![RowProblem {
-            field,
+            field: snippet(field.as_bytes()),
             kind: kind.to_string(),
             value: snippet(text),
-            message: message.to_string(),
+            message: cut(message, MAX_MESSAGE_CHARS),
         }],
+    }
+}
+
+/// Longest error message sent back for one row, in characters.
+const MAX_MESSAGE_CHARS: usize = 200;
+
+/// At most `max` characters of `s`, marked with `...` when cut.
+pub(super) fn cut(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => format!("{}...", &s[..end]),
+        None => s.to_string(),
     }
 }
 
@@ -456,7 +827,7 @@ fn conform(batch: &RecordBatch) -> Result<RecordBatch, DecodeError> {
     {
         return Err(DecodeError::Malformed(format!(
             "Arrow IPC: column {:?} is not a ping field",
-            extra.name()
+            cut(extra.name(), 64)
         )));
     }
     let options = CastOptions {
@@ -564,6 +935,28 @@ mod tests {
         assert_eq!(mnc.value(1), "0,]}\"[");
         assert_eq!(decode_json_array(b"[]", 10).unwrap().total_rows, 0);
         assert_eq!(decode_json_array(b" [ ] ", 10).unwrap().total_rows, 0);
+    }
+
+    #[test]
+    fn deep_nesting_is_a_row_problem_not_a_stack_overflow() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let field = GOOD.replace("\"heartbeat\"", &deep);
+        let shallow = GOOD.replace("\"heartbeat\"", "[[1]]");
+        let body = format!("[{GOOD},{deep},{field},{shallow}]");
+        let d = decode_json_array(body.as_bytes(), 10).unwrap();
+        assert_eq!(ids(&d), vec![1, 2, 3]);
+        for r in &d.rejected[..2] {
+            assert!(r.problems[0].message.contains("nested deeper"), "{r:?}");
+        }
+        // Within the bound, arrow-json's own message, cut to a readable length.
+        assert!(
+            d.rejected[2].problems[0]
+                .message
+                .contains("expected string")
+        );
+        let long = GOOD.replace("\"heartbeat\"", &format!("[{}]", "1,".repeat(10_000) + "1"));
+        let d = decode_json_array(format!("[{long}]").as_bytes(), 10).unwrap();
+        assert!(d.rejected[0].problems[0].message.chars().count() <= MAX_MESSAGE_CHARS + 3);
     }
 
     #[test]

@@ -25,8 +25,8 @@ mod validate;
 
 pub use config::IngestConfig;
 pub use decode::{
-    DecodeError, Decoded, RowProblem, RowRejection, decode_arrow_ipc, decode_json_array,
-    decode_ndjson, gunzip_limited,
+    DecodeError, Decoded, NdjsonDecoded, NdjsonDecoder, NdjsonRejection, RowProblem, RowRejection,
+    decode_arrow_ipc, decode_json_array, decode_ndjson, gunzip_limited,
 };
 pub use server::{IngestError, IngestState, Lag, LagProbe, router, serve};
 pub use validate::{NotAPingBatch, check_rows, validate_batch};

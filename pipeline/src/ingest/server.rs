@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::config::IngestConfig;
 use super::decode::{
-    DecodeError, Decoded, RowRejection, decode_arrow_ipc, decode_json_array, decode_ndjson,
+    DecodeError, Decoded, RowRejection, cut, decode_arrow_ipc, decode_json_array, decode_ndjson,
     gunzip_limited,
 };
 use super::validate::validate_batch;
@@ -230,6 +230,10 @@ fn json(status: StatusCode, body: &impl Serialize) -> Response {
         .into_response()
 }
 
+/// Longest `error` sent back, in characters: decoders quote what they could not read
+/// (a column name, a value), and a hostile body must not be echoed back whole.
+const MAX_ERROR_CHARS: usize = 500;
+
 impl IngestError {
     /// The HTTP status of the error.
     pub fn status(&self) -> StatusCode {
@@ -256,7 +260,7 @@ impl IngestError {
             accepted: 0,
             rejected: &[],
             lsn: None,
-            error: Some(self.to_string()),
+            error: Some(cut(&self.to_string(), MAX_ERROR_CHARS)),
         };
         let mut response = json(status, &reply);
         let headers = response.headers_mut();
