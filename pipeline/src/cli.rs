@@ -39,6 +39,13 @@ pub enum Command {
         /// No progress bar.
         #[arg(long)]
         no_progress: bool,
+        /// Threads decoding NDJSON (default: one per available core).
+        #[arg(long)]
+        decode_threads: Option<usize>,
+        /// First time a decode-only pass over the same inputs (decode and validate, no
+        /// queries) and report its rate in the summary next to the run's.
+        #[arg(long)]
+        measure_decode: bool,
     },
     /// Load and plan the SQL folder, report problems, exit.
     Check {
@@ -199,6 +206,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             summary_json,
             batch_rows,
             no_progress,
+            decode_threads,
+            measure_decode,
         } => {
             let c = load_config(config.as_ref(), sql.as_ref())?;
             let mut engine = Engine::from_dir(&c.engine.sql_dir, &engine_options(&c)).await?;
@@ -207,6 +216,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 progress: c.replay.progress && !no_progress,
                 limits: c.limits(),
                 now_ms: None,
+                decode_threads: decode_threads.unwrap_or(0),
+                measure_decode,
+                ..ReplayOptions::default()
             };
             let summary = replay::replay(&mut engine, &inputs, &opts).await?;
             eprint!("{}", summary.to_text());

@@ -1,22 +1,26 @@
 //! Replay: the pipeline fed from NDJSON or Parquet ping files as fast as it can go.
 //!
-//! A reader thread decodes (arrow-json's `Decoder` straight into `ping_schema()` batches,
-//! or Parquet) and validates columnar with the contract's `check_*` rules; the engine
-//! runs on the calling task. Rejected rows are counted with reasons and samples, never
-//! dropped silently. At the end the watermark goes to +infinity so every window emits.
+//! NDJSON files are cut into regions of whole lines, decoded (the shared
+//! [`NdjsonDecoder`](crate::ingest::NdjsonDecoder): arrow-json straight into
+//! `ping_schema()` batches) and validated columnar with the contract's `check_*` rules on
+//! several threads, and handed to the engine in file order ([`source`]); Parquet is
+//! read on one thread. The engine runs on the calling task. Rejected rows are counted
+//! with reasons and samples, never dropped silently. At the end the watermark goes to
+//! +infinity so every window emits.
 
+mod source;
 pub mod validate;
 
 use crate::engine::{Engine, EngineError};
-use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
+use crate::ingest::NdjsonDecoder;
+use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use leasewatch_schemas::{Limits, col, ping_schema};
-use std::collections::{BTreeMap, HashSet};
+use source::Source;
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::Instant;
 pub use validate::Rejections;
 
@@ -58,7 +62,18 @@ pub struct ReplayOptions {
     pub limits: Limits,
     /// Stand-in receive time for rows without one (ms); `None`: the wall clock.
     pub now_ms: Option<i64>,
+    /// Threads decoding NDJSON; 0: one per available core.
+    pub decode_threads: usize,
+    /// Bytes read per NDJSON region (one decode thread's unit of work). The batches the
+    /// engine sees depend on it, never on the number of threads.
+    pub region_bytes: usize,
+    /// First time a decode-only pass (decode and validate, no queries) over the same
+    /// inputs, and report its rate next to the run's.
+    pub measure_decode: bool,
 }
+
+/// Default bytes per NDJSON region.
+pub const REGION_BYTES: usize = 4 << 20;
 
 impl Default for ReplayOptions {
     fn default() -> Self {
@@ -67,6 +82,20 @@ impl Default for ReplayOptions {
             progress: true,
             limits: Limits::default(),
             now_ms: None,
+            decode_threads: 0,
+            region_bytes: REGION_BYTES,
+            measure_decode: false,
+        }
+    }
+}
+
+impl ReplayOptions {
+    /// The number of decode threads: `decode_threads`, or the available cores.
+    pub fn threads(&self) -> usize {
+        if self.decode_threads > 0 {
+            self.decode_threads
+        } else {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         }
     }
 }
@@ -96,16 +125,25 @@ pub struct Summary {
     pub windows_emitted: u64,
     /// Distinct devices seen.
     pub devices: u64,
-    /// Peak window state (rows) sampled during the run.
+    /// Peak window state (rows), sampled after every batch.
     pub window_state_rows_peak: u64,
-    /// Peak window state (bytes) sampled during the run.
+    /// Peak window state (bytes), sampled after every batch.
     pub window_state_bytes_peak: u64,
     /// Peak window state bytes / devices.
     pub window_state_bytes_per_device: f64,
-    /// Wall time, seconds.
+    /// Threads that decoded NDJSON.
+    pub decode_threads: usize,
+    /// Wall time of the run, seconds (without the decode-only pass).
     pub seconds: f64,
     /// Valid pings per second.
     pub pings_per_second: f64,
+    /// With `--measure-decode`: seconds of the decode-only pass (decode and validate
+    /// with the same threads, no queries) over the same inputs, run first.
+    pub decode_only_seconds: Option<f64>,
+    /// With `--measure-decode`: valid pings per second of the decode-only pass.
+    pub decode_only_pings_per_second: Option<f64>,
+    /// Peak resident memory of the process (`VmHWM`, Linux only), bytes.
+    pub peak_rss_bytes: Option<u64>,
 }
 
 impl Summary {
@@ -122,34 +160,89 @@ impl Summary {
             s.push_str(&format!("rows out {k}: {v}\n"));
         }
         s.push_str(&format!(
-            "window state peak: {} rows, {} bytes ({:.0} bytes/device)\n{:.2} s, {:.0} pings/s\n",
+            "window state peak: {} rows, {} bytes ({:.0} bytes/device)\n{:.2} s, {:.0} pings/s ({} decode threads)\n",
             self.window_state_rows_peak,
             self.window_state_bytes_peak,
             self.window_state_bytes_per_device,
             self.seconds,
-            self.pings_per_second
+            self.pings_per_second,
+            self.decode_threads
         ));
+        if let (Some(secs), Some(rate)) =
+            (self.decode_only_seconds, self.decode_only_pings_per_second)
+        {
+            s.push_str(&format!(
+                "decode only: {secs:.2} s, {rate:.0} pings/s (the run at {:.2}x of it)\n",
+                self.pings_per_second / rate.max(1e-9)
+            ));
+        }
+        if let Some(b) = self.peak_rss_bytes {
+            s.push_str(&format!(
+                "peak RSS: {:.1} MiB\n",
+                b as f64 / (1 << 20) as f64
+            ));
+        }
         s
     }
 }
 
-/// One decoded, validated chunk.
-struct Chunk {
-    batch: RecordBatch,
-    bytes: u64,
-}
-
-enum Msg {
-    Chunk(Chunk),
-    Done(Rejections, u64),
-    Failed(ReplayError),
-}
-
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Peak resident set size of this process (`VmHWM` of `/proc/self/status`), bytes.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+fn progress_bar(total: u64, opts: &ReplayOptions) -> ProgressBar {
+    if opts.progress && std::io::stderr().is_terminal() {
+        let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+        ) {
+            b.set_style(style);
+        }
+        b
+    } else {
+        ProgressBar::hidden()
+    }
+}
+
+/// Decodes and validates `inputs` without running queries: (valid pings, seconds).
+fn decode_only(
+    inputs: &[PathBuf],
+    opts: &ReplayOptions,
+    total: u64,
+) -> Result<(u64, f64), ReplayError> {
+    let started = Instant::now();
+    let bar = progress_bar(total, opts);
+    bar.set_message("decode-only pass");
+    let mut source = Source::start(inputs, opts, opts.threads())?;
+    let mut pings = 0u64;
+    while let Some(chunk) = source.next()? {
+        bar.inc(chunk.bytes);
+        pings += chunk
+            .batches
+            .iter()
+            .map(|b| b.num_rows() as u64)
+            .sum::<u64>();
+    }
+    source.finish();
+    bar.finish_and_clear();
+    Ok((pings, started.elapsed().as_secs_f64()))
 }
 
 /// Replays `inputs` through `engine`, then flushes it.
@@ -158,7 +251,6 @@ pub async fn replay(
     inputs: &[PathBuf],
     opts: &ReplayOptions,
 ) -> Result<Summary, ReplayError> {
-    let started = Instant::now();
     let total: u64 = inputs
         .iter()
         .map(|p| std::fs::metadata(p).map(|m| m.len()))
@@ -173,76 +265,53 @@ pub async fn replay(
         })?
         .iter()
         .sum();
-    let bar = if opts.progress && std::io::stderr().is_terminal() {
-        let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-        if let Ok(style) = ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
-        ) {
-            b.set_style(style);
-        }
-        b
-    } else {
-        ProgressBar::hidden()
-    };
-    let (tx, rx) = mpsc::sync_channel::<Msg>(4);
-    let files = inputs.to_vec();
-    let o = opts.clone();
-    let reader = std::thread::Builder::new()
-        .name("replay-decode".into())
-        .spawn(move || read_all(&files, &o, &tx))
-        .map_err(|e| ReplayError::Internal(e.to_string()))?;
+    let threads = opts.threads();
     let mut summary = Summary {
         inputs: inputs.iter().map(|p| p.display().to_string()).collect(),
+        decode_threads: threads,
         ..Summary::default()
     };
-    let mut rejections = Rejections::default();
-    let mut n = 0u64;
+    if opts.measure_decode {
+        let (pings, seconds) = decode_only(inputs, opts, total)?;
+        summary.decode_only_seconds = Some(seconds);
+        summary.decode_only_pings_per_second = Some(pings as f64 / seconds.max(1e-9));
+    }
+    let started = Instant::now();
+    let bar = progress_bar(total, opts);
+    let mut source = Source::start(inputs, opts, threads)?;
+    let mut batches = 0u64;
     let mut failure = None;
-    for msg in rx.iter() {
-        match msg {
-            Msg::Chunk(c) => {
-                summary.bytes_read += c.bytes;
-                bar.inc(c.bytes);
-                if let Err(e) = engine.process(&c.batch).await {
-                    failure = Some(ReplayError::Engine(e));
-                    break;
-                }
-                n += 1;
-                if n.is_multiple_of(16) {
-                    let (rows, bytes) = engine.state_size();
-                    summary.window_state_rows_peak =
-                        summary.window_state_rows_peak.max(rows as u64);
-                    summary.window_state_bytes_peak =
-                        summary.window_state_bytes_peak.max(bytes as u64);
-                    bar.set_message(format!("{} pings", engine.stats().pings_in));
-                }
-            }
-            Msg::Done(r, devices) => {
-                rejections = r;
-                summary.devices = devices;
-            }
-            Msg::Failed(e) => {
+    'chunks: loop {
+        let chunk = match source.next() {
+            Ok(Some(c)) => c,
+            Ok(None) => break,
+            Err(e) => {
                 failure = Some(e);
                 break;
             }
+        };
+        summary.bytes_read += chunk.bytes;
+        bar.inc(chunk.bytes);
+        for batch in &chunk.batches {
+            if let Err(e) = engine.process(batch).await {
+                failure = Some(ReplayError::Engine(e));
+                break 'chunks;
+            }
+            let (rows, bytes) = engine.state_size();
+            summary.window_state_rows_peak = summary.window_state_rows_peak.max(rows as u64);
+            summary.window_state_bytes_peak = summary.window_state_bytes_peak.max(bytes as u64);
+            batches += 1;
+            if batches.is_multiple_of(16) {
+                bar.set_message(format!("{} pings", engine.stats().pings_in));
+            }
         }
     }
-    drop(rx);
-    let _ = reader.join();
     if let Some(e) = failure {
         bar.abandon();
         return Err(e);
     }
-    let (rows, bytes) = engine.state_size();
-    summary.window_state_rows_peak = summary.window_state_rows_peak.max(rows as u64);
-    summary.window_state_bytes_peak = summary.window_state_bytes_peak.max(bytes as u64);
-    // The lease sweep (overdue ladder) once, at the last event time the data reached.
-    if engine.has_sweep()
-        && let Some(at) = engine.max_event_time()
-    {
-        let n = engine.sweep_leases(at).await?;
-        tracing::info!(devices = n, "lease sweep at the end of the input");
-    }
+    let (rejections, devices) = source.finish();
+    summary.devices = devices;
     engine.finish().await?;
     bar.finish_and_clear();
     let stats = engine.stats();
@@ -261,258 +330,57 @@ pub async fn replay(
     } else {
         0.0
     };
+    summary.peak_rss_bytes = peak_rss_bytes();
     Ok(summary)
 }
 
-type Devices = HashSet<u64, BuildHasherDefault<IdHasher>>;
-
-/// The device-id hashes are already hashes: no second hashing.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-fn read_all(files: &[PathBuf], opts: &ReplayOptions, tx: &mpsc::SyncSender<Msg>) {
-    let mut rej = Rejections::default();
-    let mut devices = Devices::default();
-    let hasher = BuildHasherDefault::<DefaultHasher>::default();
-    let now = opts.now_ms.unwrap_or_else(now_ms);
-    for f in files {
-        let mut row_base = 0u64;
-        let mut send = |batch: RecordBatch,
-                        bytes: u64,
-                        rows_read: u64,
-                        rej: &mut Rejections,
-                        first_line: u64|
-         -> bool {
-            // Valid-JSON rows are numbered from 1 per file (malformed lines carry their line).
-            let _ = first_line;
-            let base = row_base;
-            row_base += batch.num_rows() as u64;
-            let place = |i: usize| format!("{} row {}", f.display(), base + i as u64 + 1);
-            let valid = match validate::validate_batch(&batch, &opts.limits, now, rej, &place) {
-                Ok(v) => v,
-                Err(e) => {
-                    let _ = tx.send(Msg::Failed(ReplayError::Internal(e.to_string())));
-                    return false;
-                }
-            };
-            if let Some(ids) = valid
-                .column(col::DEVICE_ID)
-                .as_any()
-                .downcast_ref::<StringArray>()
-            {
-                for id in ids.iter().flatten() {
-                    devices.insert(hasher.hash_one(id));
-                }
-            }
-            let _ = rows_read;
-            tx.send(Msg::Chunk(Chunk {
-                batch: valid,
-                bytes,
-            }))
-            .is_ok()
-        };
-        let is_parquet = f.extension().is_some_and(|e| e == "parquet");
-        let res = if is_parquet {
-            read_parquet(
-                f,
-                opts.batch_rows,
-                &mut |b, bytes, rows, r| send(b, bytes, rows, r, 0),
-                &mut rej,
-            )
-        } else {
-            read_ndjson(
-                f,
-                opts.batch_rows,
-                &mut |b, bytes, rows, r, line| send(b, bytes, rows, r, line),
-                &mut rej,
-            )
-        };
-        match res {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                let _ = tx.send(Msg::Failed(e));
-                return;
-            }
-        }
-    }
-    let _ = tx.send(Msg::Done(rej, devices.len() as u64));
-}
-
-/// Bytes per read of an NDJSON file.
-const REGION_BYTES: usize = 4 << 20;
-
-/// Reads NDJSON pings; `emit(batch, bytes, rows_read, rejections, first line)` returns
-/// false to stop. Returns false when stopped.
+/// Reads NDJSON pings on the calling thread, region by region ([`REGION_BYTES`]) with
+/// the shared decoder; `emit(batch, bytes, rows_read, rejections, first line of the
+/// region)` returns false to stop. Returns false when stopped. Rows that do not decode
+/// are counted in `rej` as `file:line`; validation is the caller's.
 pub fn read_ndjson(
     path: &Path,
     batch_rows: usize,
     emit: &mut dyn FnMut(RecordBatch, u64, u64, &mut Rejections, u64) -> bool,
     rej: &mut Rejections,
 ) -> Result<bool, ReplayError> {
-    let read_err = |e: std::io::Error| ReplayError::Read {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let mut file = File::open(path).map_err(read_err)?;
-    let mut buf: Vec<u8> = Vec::with_capacity(REGION_BYTES * 2);
-    let mut line_no: u64 = 1;
-    let mut eof = false;
-    let mut pending: Vec<RecordBatch> = Vec::new();
-    let mut pending_rows = 0usize;
-    let mut pending_bytes = 0u64;
-    let mut pending_line = 1u64;
-    while !eof || !buf.is_empty() {
-        if !eof {
-            let old = buf.len();
-            buf.resize(old + REGION_BYTES, 0);
-            let got = read_full(&mut file, &mut buf[old..]).map_err(read_err)?;
-            buf.truncate(old + got);
-            eof = got == 0;
-        }
-        // A region of complete lines (the rest waits for the next read, unless at EOF).
-        let cut = match buf.iter().rposition(|b| *b == b'\n') {
-            Some(i) => i + 1,
-            None if eof => buf.len(),
-            None => continue,
+    let mut regions = source::Regions::open(path, REGION_BYTES)?;
+    let mut decoder = NdjsonDecoder::new(batch_rows);
+    let mut buf = Vec::new();
+    let mut line = 1u64;
+    let mut first = true;
+    while regions.next_into(&mut buf)? {
+        let text = match buf.strip_prefix(b"\xEF\xBB\xBF") {
+            Some(rest) if first => rest,
+            _ => &buf[..],
         };
-        let region: Vec<u8> = buf.drain(..cut).collect();
-        let lines = region.iter().filter(|b| **b == b'\n').count() as u64
-            + u64::from(!region.ends_with(b"\n") && !region.is_empty());
-        let (batches, bad) = decode_region(&region, batch_rows, line_no, path);
-        rej.merge(bad);
-        for b in batches {
-            pending_rows += b.num_rows();
-            pending.push(b);
+        first = false;
+        let decoded = decoder
+            .decode(text, usize::MAX)
+            .map_err(|e| ReplayError::Internal(e.to_string()))?;
+        for r in &decoded.rejected {
+            let message = r
+                .rejection
+                .problems
+                .first()
+                .map_or("malformed", |p| p.message.as_str());
+            rej.add_malformed(
+                format!("{}:{}", path.display(), line + r.line as u64),
+                message,
+            );
         }
-        pending_bytes += region.len() as u64;
-        // Emit in batch_rows-sized batches.
-        if pending_rows >= batch_rows || (eof && buf.is_empty()) {
-            let schema = ping_schema();
-            let all = arrow::compute::concat_batches(&schema, &pending)
-                .map_err(|e| ReplayError::Internal(e.to_string()))?;
-            pending.clear();
-            let rows = all.num_rows();
-            let mut off = 0;
-            let mut first = true;
-            while off < rows {
-                let len = batch_rows.min(rows - off);
-                let bytes = if first { pending_bytes } else { 0 };
-                let rows_read = if first { pending_rows as u64 } else { 0 };
-                first = false;
-                if !emit(all.slice(off, len), bytes, rows_read, rej, pending_line) {
-                    return Ok(false);
-                }
-                off += len;
+        let mut bytes = buf.len() as u64;
+        let mut rows_read = decoded.rows as u64;
+        for b in decoded.batches {
+            if !emit(b, bytes, rows_read, rej, line) {
+                return Ok(false);
             }
-            pending_rows = 0;
-            pending_bytes = 0;
-            pending_line = line_no + lines;
+            bytes = 0;
+            rows_read = 0;
         }
-        line_no += lines;
-        if eof && buf.is_empty() {
-            break;
-        }
+        line += decoded.lines as u64;
     }
     Ok(true)
-}
-
-fn read_full(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match f.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
-fn decoder(batch_rows: usize) -> Result<arrow_json::reader::Decoder, arrow::error::ArrowError> {
-    arrow_json::ReaderBuilder::new(ping_schema())
-        .with_batch_size(batch_rows)
-        .with_strict_mode(true)
-        .build_decoder()
-}
-
-/// Decodes complete NDJSON lines; a region with a bad line is redone line by line so
-/// that only the bad lines are rejected.
-fn decode_region(
-    region: &[u8],
-    batch_rows: usize,
-    first_line: u64,
-    path: &Path,
-) -> (Vec<RecordBatch>, Rejections) {
-    let mut rej = Rejections::default();
-    let fast = (|| -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
-        let mut d = decoder(batch_rows)?;
-        let mut out = Vec::new();
-        let mut pos = 0;
-        while pos < region.len() {
-            let used = d.decode(&region[pos..])?;
-            pos += used;
-            if used == 0 || d.len() >= batch_rows {
-                if let Some(b) = d.flush()? {
-                    out.push(b);
-                }
-                if used == 0 && d.is_empty() && pos < region.len() {
-                    // the decoder wants no more input yet has nothing: avoid spinning
-                    return Err(arrow::error::ArrowError::JsonError(
-                        "decoder made no progress".into(),
-                    ));
-                }
-            }
-        }
-        if let Some(b) = d.flush()? {
-            out.push(b);
-        }
-        Ok(out)
-    })();
-    match fast {
-        Ok(b) => (b, rej),
-        Err(_) => {
-            let mut out = Vec::new();
-            for (i, line) in region.split(|b| *b == b'\n').enumerate() {
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let one = (|| -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
-                    let mut d = decoder(1)?;
-                    d.decode(line)?;
-                    d.decode(b"\n")?;
-                    d.flush()
-                })();
-                match one {
-                    Ok(Some(b)) if b.num_rows() == 1 => out.push(b),
-                    Ok(_) => rej.add_malformed(
-                        format!("{}:{}", path.display(), first_line + i as u64),
-                        "not exactly one JSON object",
-                    ),
-                    Err(e) => rej.add_malformed(
-                        format!("{}:{}", path.display(), first_line + i as u64),
-                        &e.to_string(),
-                    ),
-                }
-            }
-            (out, rej)
-        }
-    }
 }
 
 /// Reads Parquet pings, matching columns by name (missing optional columns are null).
