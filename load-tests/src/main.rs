@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use leasewatch_load::r#gen::{self, DEFAULT_START, Format, GenConfig};
 
+mod drive;
 mod score;
 
 #[derive(Debug, Parser)]
@@ -23,6 +24,9 @@ enum Command {
     /// Score an alert archive against the ground truth: recall and precision per
     /// signal, false alerts on tricky episodes.
     Score(score::ScoreArgs),
+    /// Drive a running pipeline with realistic fleet traffic over HTTP at a target rate;
+    /// report accepted pings/s, statuses, retries, ping-to-queue latency, RSS and CPU.
+    Drive(drive::DriveArgs),
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +58,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Score(a) => score::main(&a),
+        Command::Drive(a) => drive::main(&a),
         Command::Gen(a) => {
             let cfg = GenConfig {
                 devices: a.devices,

@@ -4,6 +4,15 @@ use clap::Parser;
 
 fn main() {
     let cli = leasewatch::cli::Cli::parse();
+    // Warnings and errors (Redis held batches, dead letters, failed checkpoints) on stderr;
+    // `LEASEWATCH_LOG` takes a filter such as `info` or `leasewatch=debug`.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEASEWATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,leasewatch=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
