@@ -863,13 +863,26 @@ async fn a_replay_of_the_same_input_queues_each_alert_once() {
     assert!(!lock.is_empty(), "a lock request");
     let times: Vec<i64> = lock
         .iter()
-        .map(|id| id.trim_end_matches(":lock").rsplit(':').next().unwrap().parse().unwrap())
+        .map(|id| {
+            id.trim_end_matches(":lock")
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
         .collect();
     for w in times.windows(2) {
-        assert!(w[1] - w[0] >= HOUR, "lock requests closer than the cooldown: {lock:?}");
+        assert!(
+            w[1] - w[0] >= HOUR,
+            "lock requests closer than the cooldown: {lock:?}"
+        );
     }
     for l in lock {
-        assert!(call.contains(&l.trim_end_matches(":lock").to_string()), "{l}");
+        assert!(
+            call.contains(&l.trim_end_matches(":lock").to_string()),
+            "{l}"
+        );
     }
 
     // The same input again, by a new engine (a restarted process), against the same Redis.

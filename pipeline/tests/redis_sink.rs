@@ -219,7 +219,14 @@ async fn suppression_within_cooldown_unless_the_grade_rises() {
 
     // the cooldown runs in event time: 500 ms of event time later (> 400) the same grade
     // alerts again, without waiting (a replay decides as the live run did)
-    let later = alert("x8", "d1", SignalKind::Tamper, Grade::Medium, Queue::Call, 501);
+    let later = alert(
+        "x8",
+        "d1",
+        SignalKind::Tamper,
+        Grade::Medium,
+        Queue::Call,
+        501,
+    );
     assert_eq!(s.write_alerts(&[later]).await.unwrap(), report(1, 0, 0));
     let ids: Vec<String> = stream(&server, &q)
         .into_iter()
