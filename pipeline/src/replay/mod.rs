@@ -144,6 +144,25 @@ pub struct Summary {
     pub decode_only_pings_per_second: Option<f64>,
     /// Peak resident memory of the process (`VmHWM`, Linux only), bytes.
     pub peak_rss_bytes: Option<u64>,
+    /// Per Redis lookup table: batches looked up, round trips, cache hits and misses.
+    pub lookups: BTreeMap<String, LookupSummary>,
+}
+
+/// What one Redis lookup table did during a replay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LookupSummary {
+    /// Batches looked up.
+    pub batches: u64,
+    /// `MGET` round trips (at most one per batch; none when the cache had every key).
+    pub round_trips: u64,
+    /// Keys fetched from Redis.
+    pub keys_fetched: u64,
+    /// Distinct keys served by the cache.
+    pub cache_hits: u64,
+    /// Distinct keys the cache could not serve.
+    pub cache_misses: u64,
+    /// Times a batch was held because Redis was unreachable.
+    pub held: u64,
 }
 
 impl Summary {
@@ -174,6 +193,17 @@ impl Summary {
             s.push_str(&format!(
                 "decode only: {secs:.2} s, {rate:.0} pings/s (the run at {:.2}x of it)\n",
                 self.pings_per_second / rate.max(1e-9)
+            ));
+        }
+        for (t, l) in &self.lookups {
+            let distinct = (l.cache_hits + l.cache_misses).max(1);
+            s.push_str(&format!(
+                "lookup {t}: {} batches, {} round trips ({:.2} per batch), cache hit rate {:.1}% ({} keys fetched)\n",
+                l.batches,
+                l.round_trips,
+                l.round_trips as f64 / l.batches.max(1) as f64,
+                100.0 * l.cache_hits as f64 / distinct as f64,
+                l.keys_fetched
             ));
         }
         if let Some(b) = self.peak_rss_bytes {
@@ -312,7 +342,28 @@ pub async fn replay(
     }
     let (rejections, devices) = source.finish();
     summary.devices = devices;
+    // The lease sweep (overdue ladder) once, at the last event time the data reached.
+    if engine.has_sweep()
+        && let Some(at) = engine.max_event_time()
+    {
+        let n = engine.sweep_leases(at).await?;
+        tracing::info!(devices = n, "lease sweep at the end of the input");
+    }
     engine.finish().await?;
+    for (table, lookup) in engine.lookups() {
+        let l = lookup.stats().snapshot();
+        summary.lookups.insert(
+            table.clone(),
+            LookupSummary {
+                batches: l.batches,
+                round_trips: l.round_trips,
+                keys_fetched: l.keys_fetched,
+                cache_hits: l.cache_hits,
+                cache_misses: l.cache_misses,
+                held: l.held,
+            },
+        );
+    }
     bar.finish_and_clear();
     let stats = engine.stats();
     summary.pings_in = stats.pings_in;
