@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// mimalloc instead of glibc malloc: the engine allocates and frees whole Arrow buffers
+/// and hash tables per batch (see load-tests/pipelines/replay/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = leasewatch::cli::Cli::parse();
     // Warnings and errors (Redis held batches, dead letters, failed checkpoints) on stderr;
