@@ -324,6 +324,55 @@ async fn aggregates_merge_unordered_partitions() {
     }
 }
 
+/// Many groups at once (DataFusion's grouped accumulators), over partitions, with a
+/// `FILTER` clause: each group's value is what the plain functions give on its rows.
+#[tokio::test]
+async fn aggregates_per_group_with_filter() {
+    let mut rows: Vec<PingRow> = vec![];
+    for i in 0..700_i64 {
+        let t = (i * 7_919) % 700 * 10_000;
+        let lat = 40.0 + (t % 170_000) as f64 * 1e-7 + if i % 97 == 0 { 0.5 } else { 0.0 };
+        rows.push((t, Some(lat), 10.0, Some((i % 40) as f32), i % 3 != 0));
+    }
+    rows.push((20_000, None, 0.0, Some(1.0), true));
+    rows.push((30_000, Some(f64::NAN), 0.0, Some(1.0), true));
+    let group = |t: i64| (t / 10_000) % 7;
+    let mut expected: Vec<(Option<f64>, Option<f64>, Option<f64>)> = vec![];
+    for g in 0..7 {
+        let mine: Vec<&PingRow> = rows.iter().filter(|r| group(r.0) == g).collect();
+        let fixes = |only_inside: bool| -> Vec<Fix> {
+            mine.iter()
+                .filter(|r| r.4 || !only_inside)
+                .filter_map(|r| Fix::new(r.0, r.1?, r.2, f64::from(r.3?)))
+                .collect()
+        };
+        let mut samples: Vec<(i64, bool)> = mine.iter().map(|r| (r.0, r.4)).collect();
+        expected.push((
+            geo::max_speed_kmh(&mut fixes(false)),
+            geo::dwell_seconds(&mut samples),
+            geo::max_speed_kmh(&mut fixes(true)),
+        ));
+    }
+    for parts in [1, 3, 4] {
+        let ctx = context(None, 4);
+        register_pings(&ctx, &rows, parts);
+        let sql = "SELECT g, max_speed_kmh(ts, lat, lon, accuracy_m), dwell_seconds(ts, inside), \
+                   max_speed_kmh(ts, lat, lon, accuracy_m) FILTER (WHERE inside) \
+                   FROM (SELECT *, (CAST(ts AS BIGINT) / 10000) % 7 AS g FROM pings) \
+                   GROUP BY g ORDER BY g";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let mut got = vec![];
+        for b in &batches {
+            let (speed, dwell, inside) = (f64s(b.column(1)), f64s(b.column(2)), f64s(b.column(3)));
+            for i in 0..b.num_rows() {
+                got.push((speed[i], dwell[i], inside[i]));
+            }
+        }
+        assert_eq!(got, expected, "parts={parts}");
+    }
+    assert!(expected.iter().all(|e| e.0.is_some() && e.2.is_some()));
+}
+
 #[tokio::test]
 async fn aggregates_over_empty_and_tiny_inputs() {
     let ctx = context(None, 2);

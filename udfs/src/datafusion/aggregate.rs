@@ -18,7 +18,9 @@ use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type, UInt64
 use datafusion_common::{DataFusionError, Result, ScalarValue, plan_err};
 use datafusion_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion_expr::utils::format_state_name;
-use datafusion_expr::{Accumulator, AggregateUDFImpl, Signature, Volatility};
+use datafusion_expr::{
+    Accumulator, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
+};
 
 use super::util::{coerce_float, coerce_timestamp, expect_args, f64s, millis};
 use crate::core::geo::{self, Fix, Gyration};
@@ -121,6 +123,12 @@ impl AggregateUDFImpl for MaxSpeedKmh {
     }
     fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         Ok(Box::<MaxSpeedAccumulator>::default())
+    }
+    fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
+        true
+    }
+    fn create_groups_accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(SampleGroups::<SpeedFixes>::default()))
     }
 }
 
@@ -249,6 +257,12 @@ impl AggregateUDFImpl for DwellSeconds {
     fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
         Ok(Box::<DwellAccumulator>::default())
     }
+    fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
+        true
+    }
+    fn create_groups_accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok(Box::new(SampleGroups::<DwellSamples>::default()))
+    }
 }
 
 /// Samples `(ts_ms, inside)` seen so far.
@@ -324,6 +338,263 @@ impl Accumulator for DwellAccumulator {
     fn size(&self) -> usize {
         size_of::<Self>() + self.samples.capacity() * size_of::<(i64, bool)>()
     }
+}
+
+/// The sample lists of `max_speed_kmh` and `dwell_seconds`, as [`SampleGroups`] needs
+/// them: samples read from the arguments or from the flat values of the list states, the
+/// flat values written back, the final value.
+trait SampleKind: Send + 'static {
+    const NAME: &'static str;
+    type Item: Copy + Send + 'static;
+    /// The columns samples are read from (arguments, or the values of the state lists).
+    type Cols<'a>;
+    fn arg_cols(values: &[ArrayRef]) -> Result<Self::Cols<'_>>;
+    /// The list column of the states (for the row ranges) and its flat values.
+    fn state_cols(states: &[ArrayRef]) -> Result<(&ListArray, Self::Cols<'_>)>;
+    /// The usable sample at position `i`, if any.
+    fn item(cols: &Self::Cols<'_>, i: usize) -> Option<Self::Item>;
+    /// One flat value array per state column, the groups' samples in order.
+    fn state_values(groups: &[Vec<Self::Item>]) -> Vec<ArrayRef>;
+    fn evaluate(items: &mut [Self::Item]) -> Option<f64>;
+}
+
+/// `max_speed_kmh`'s samples: usable fixes.
+#[derive(Debug)]
+struct SpeedFixes;
+
+impl SampleKind for SpeedFixes {
+    const NAME: &'static str = "max_speed_kmh";
+    type Item = Fix;
+    type Cols<'a> = (
+        Int64Array,
+        &'a Float64Array,
+        &'a Float64Array,
+        &'a Float64Array,
+    );
+    fn arg_cols(values: &[ArrayRef]) -> Result<Self::Cols<'_>> {
+        let name = Self::NAME;
+        let [ts, lat, lon, acc] = expect_args::<4>(name, values)?;
+        Ok((
+            millis(name, ts)?,
+            f64s(name, lat)?,
+            f64s(name, lon)?,
+            f64s(name, acc)?,
+        ))
+    }
+    fn state_cols(states: &[ArrayRef]) -> Result<(&ListArray, Self::Cols<'_>)> {
+        let name = Self::NAME;
+        let [ts, lat, lon, acc] = expect_args::<4>(name, states)?;
+        let (list, ts) = list_values::<Int64Type>(name, ts)?;
+        let (_, lat) = list_values::<Float64Type>(name, lat)?;
+        let (_, lon) = list_values::<Float64Type>(name, lon)?;
+        let (_, acc) = list_values::<Float64Type>(name, acc)?;
+        if lat.len() != ts.len() || lon.len() != ts.len() || acc.len() != ts.len() {
+            return Err(DataFusionError::Internal(format!(
+                "{name}: state lists differ in length"
+            )));
+        }
+        Ok((list, (ts.clone(), lat, lon, acc)))
+    }
+    #[inline]
+    fn item((ts, lat, lon, acc): &Self::Cols<'_>, i: usize) -> Option<Fix> {
+        if ts.is_null(i) || lat.is_null(i) || lon.is_null(i) || acc.is_null(i) {
+            return None;
+        }
+        Fix::new(ts.value(i), lat.value(i), lon.value(i), acc.value(i))
+    }
+    fn state_values(groups: &[Vec<Fix>]) -> Vec<ArrayRef> {
+        let all = || groups.iter().flatten();
+        vec![
+            Arc::new(all().map(|x| x.ts_ms).collect::<Int64Array>()),
+            Arc::new(all().map(|x| x.lat).collect::<Float64Array>()),
+            Arc::new(all().map(|x| x.lon).collect::<Float64Array>()),
+            Arc::new(all().map(|x| x.accuracy_m).collect::<Float64Array>()),
+        ]
+    }
+    fn evaluate(items: &mut [Fix]) -> Option<f64> {
+        geo::max_speed_kmh(items)
+    }
+}
+
+/// `dwell_seconds`'s samples: `(ts_ms, inside)`.
+#[derive(Debug)]
+struct DwellSamples;
+
+impl SampleKind for DwellSamples {
+    const NAME: &'static str = "dwell_seconds";
+    type Item = (i64, bool);
+    type Cols<'a> = (Int64Array, &'a BooleanArray);
+    fn arg_cols(values: &[ArrayRef]) -> Result<Self::Cols<'_>> {
+        let name = Self::NAME;
+        let [ts, inside] = expect_args::<2>(name, values)?;
+        Ok((millis(name, ts)?, booleans(name, inside)?))
+    }
+    fn state_cols(states: &[ArrayRef]) -> Result<(&ListArray, Self::Cols<'_>)> {
+        let name = Self::NAME;
+        let [ts, inside] = expect_args::<2>(name, states)?;
+        let (list, ts) = list_values::<Int64Type>(name, ts)?;
+        let inside_list = inside.as_list_opt::<i32>().ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "{name}: state must be a list, got {}",
+                inside.data_type()
+            ))
+        })?;
+        let inside = booleans(name, inside_list.values())?;
+        if inside.len() != ts.len() {
+            return Err(DataFusionError::Internal(format!(
+                "{name}: state lists differ in length"
+            )));
+        }
+        Ok((list, (ts.clone(), inside)))
+    }
+    #[inline]
+    fn item((ts, inside): &Self::Cols<'_>, i: usize) -> Option<(i64, bool)> {
+        (ts.is_valid(i) && inside.is_valid(i)).then(|| (ts.value(i), inside.value(i)))
+    }
+    fn state_values(groups: &[Vec<(i64, bool)>]) -> Vec<ArrayRef> {
+        let all = || groups.iter().flatten();
+        vec![
+            Arc::new(all().map(|x| x.0).collect::<Int64Array>()),
+            Arc::new(all().map(|x| Some(x.1)).collect::<BooleanArray>()),
+        ]
+    }
+    fn evaluate(items: &mut [(i64, bool)]) -> Option<f64> {
+        geo::dwell_seconds(items)
+    }
+}
+
+/// The grouped form of the sample-list aggregates: one sample list per group, states
+/// written and read as whole list columns. Without it DataFusion wraps the per-group
+/// [`Accumulator`] and builds every group's state through `ScalarValue`s, which was most
+/// of the engine's time on the product rules (`load-tests/README.md`).
+struct SampleGroups<K: SampleKind> {
+    groups: Vec<Vec<K::Item>>,
+    /// Samples held, for [`GroupsAccumulator::size`] (called per batch: no scan).
+    items: usize,
+}
+
+impl<K: SampleKind> Default for SampleGroups<K> {
+    fn default() -> Self {
+        Self {
+            groups: Vec::new(),
+            items: 0,
+        }
+    }
+}
+
+impl<K: SampleKind> std::fmt::Debug for SampleGroups<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SampleGroups")
+            .field("function", &K::NAME)
+            .field("groups", &self.groups.len())
+            .field("items", &self.items)
+            .finish()
+    }
+}
+
+impl<K: SampleKind> SampleGroups<K> {
+    fn take(&mut self, emit_to: EmitTo) -> Vec<Vec<K::Item>> {
+        let taken = emit_to.take_needed(&mut self.groups);
+        self.items -= taken.iter().map(Vec::len).sum::<usize>();
+        taken
+    }
+}
+
+impl<K: SampleKind> GroupsAccumulator for SampleGroups<K> {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.groups.resize_with(total_num_groups, Vec::new);
+        let cols = K::arg_cols(values)?;
+        for (i, &g) in group_indices.iter().enumerate() {
+            if opt_filter.is_some_and(|f| !(f.is_valid(i) && f.value(i))) {
+                continue;
+            }
+            if let (Some(item), Some(group)) = (K::item(&cols, i), self.groups.get_mut(g)) {
+                group.push(item);
+                self.items += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.groups.resize_with(total_num_groups, Vec::new);
+        let (list, cols) = K::state_cols(values)?;
+        for (row, &g) in group_indices.iter().enumerate() {
+            let Some(group) = self.groups.get_mut(g) else {
+                continue;
+            };
+            for i in list_range(list, row) {
+                if let Some(item) = K::item(&cols, i) {
+                    group.push(item);
+                    self.items += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let mut groups = self.take(emit_to);
+        Ok(Arc::new(
+            groups
+                .iter_mut()
+                .map(|g| K::evaluate(g))
+                .collect::<Float64Array>(),
+        ))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let groups = self.take(emit_to);
+        state_lists::<K>(&groups)
+    }
+
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        let cols = K::arg_cols(values)?;
+        let rows = values.first().map_or(0, |v| v.len());
+        let groups: Vec<Vec<K::Item>> = (0..rows)
+            .map(|i| {
+                let kept = opt_filter.is_none_or(|f| f.is_valid(i) && f.value(i));
+                kept.then(|| K::item(&cols, i))
+                    .flatten()
+                    .into_iter()
+                    .collect()
+            })
+            .collect();
+        state_lists::<K>(&groups)
+    }
+
+    fn size(&self) -> usize {
+        size_of::<Self>()
+            + self.groups.capacity() * size_of::<Vec<K::Item>>()
+            + self.items * size_of::<K::Item>()
+    }
+}
+
+/// The state columns of `groups`: one list column per state field, a row per group.
+fn state_lists<K: SampleKind>(groups: &[Vec<K::Item>]) -> Result<Vec<ArrayRef>> {
+    let offsets = OffsetBuffer::from_lengths(groups.iter().map(Vec::len));
+    K::state_values(groups)
+        .into_iter()
+        .map(|values| {
+            let field = Arc::new(Field::new_list_field(values.data_type().clone(), true));
+            Ok(Arc::new(ListArray::try_new(field, offsets.clone(), values, None)?) as ArrayRef)
+        })
+        .collect()
 }
 
 /// `radius_of_gyration_m(lat, lon DOUBLE) -> DOUBLE`: root-mean-square distance of the
