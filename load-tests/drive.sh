@@ -17,7 +17,8 @@
 # build`; BIN (a folder holding both binaries) replaces the cargo target; SQL_DIR
 # (default sql/ of this checkout); WAL_FSYNC (true; false only for experiments);
 # JSON=1 prints the report as JSON; DRIVE_ARGS (more arguments for `drive`); STOP_WAIT
-# (30: seconds the pipeline gets to stop cleanly before it is killed).
+# (30: seconds the pipeline gets to stop cleanly before it is killed); INGEST_TOML (more
+# [ingest] keys, e.g. `max_lag_batches = 20` to see 429 + Retry-After sooner).
 #
 # The lease sweep is off (engine.sweep_interval_secs = 0): it is an hourly batch over
 # every lease, not the ping path, and at start it would flood the queues with overdue
@@ -99,6 +100,7 @@ progress = false
 [ingest]
 listen = "127.0.0.1:$ingest_port"
 tokens = ["$TOKEN"]
+${INGEST_TOML:-}
 
 [wal]
 dir = "$WORK/wal"

@@ -475,6 +475,7 @@ fn build_report(a: &DriveArgs, ctx: &Ctx, r: ReportInputs) -> stats::Report {
             .lock()
             .map(|v| v.clone())
             .unwrap_or_default(),
+        fatal: ctx.fatal.lock().ok().and_then(|f| f.clone()),
     }
 }
 
@@ -482,18 +483,26 @@ fn build_report(a: &DriveArgs, ctx: &Ctx, r: ReportInputs) -> stats::Report {
 struct Sampler {
     pid: Option<u32>,
     redis: Option<redis::Connection>,
+    /// Alerts are read (`--redis`).
+    alerts: bool,
     quiet: bool,
 }
 
 impl Sampler {
     fn new(pid: Option<u32>, redis_url: Option<String>, quiet: bool) -> Self {
+        let alerts = redis_url.is_some();
         let redis = redis_url.and_then(|u| {
             redis::Client::open(u)
                 .ok()?
                 .get_connection_with_timeout(Duration::from_secs(5))
                 .ok()
         });
-        Self { pid, redis, quiet }
+        Self {
+            pid,
+            redis,
+            alerts,
+            quiet,
+        }
     }
 
     fn info(&mut self, section: &str, keys: &[&str]) -> Option<f64> {
@@ -599,17 +608,20 @@ impl Sampler {
                 let opt = |v: Option<f64>, unit: &str| {
                     v.map_or("-".to_string(), |v| format!("{v:.0}{unit}"))
                 };
+                let alerts = if self.alerts {
+                    format!("{matched}/{expected} p99 {}", opt(p99, " ms"))
+                } else {
+                    "-".to_string()
+                };
                 eprintln!(
-                    "[{:6.1}s] {:>9.0} pings/s accepted (total {}) | 429/503 {} retries {} | max behind {:.1} s | alerts {}/{} p99 {} | rss {} | cpu driver {:.0}% pipeline {} redis {}",
+                    "[{:6.1}s] {:>9.0} pings/s accepted (total {}) | 429/503 {} retries {} | max behind {:.1} s | alerts {} | rss {} | cpu driver {:.0}% pipeline {} redis {}",
                     sample.t_s,
                     sample.accepted_per_s,
                     accepted,
                     sample.refused,
                     Stats::get(&s.retries),
                     behind,
-                    matched,
-                    expected,
-                    opt(p99, " ms"),
+                    alerts,
                     opt(rss_mib, " MiB"),
                     sample.driver_cpu_pct,
                     opt(sample.pipeline_cpu_pct, "%"),

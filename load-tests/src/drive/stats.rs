@@ -355,6 +355,8 @@ pub struct Report {
     pub cpu: Cpu,
     pub samples: Vec<Sample>,
     pub error_samples: Vec<String>,
+    /// Why the run stopped early (e.g. 401), if it did.
+    pub fatal: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -459,7 +461,9 @@ impl Report {
             "rate      {:.0} pings/s accepted over {:.1} s{}",
             self.accepted_per_s,
             self.active_s,
-            if self.kept_up {
+            if let Some(f) = &self.fatal {
+                format!("  -- STOPPED: {f}")
+            } else if self.kept_up {
                 String::new()
             } else {
                 format!(
