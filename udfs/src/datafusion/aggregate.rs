@@ -122,88 +122,13 @@ impl AggregateUDFImpl for MaxSpeedKmh {
         ])
     }
     fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::<MaxSpeedAccumulator>::default())
+        Ok(Box::new(SampleList::<SpeedFixes>::default()))
     }
     fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
         true
     }
     fn create_groups_accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
         Ok(Box::new(SampleGroups::<SpeedFixes>::default()))
-    }
-}
-
-/// Usable fixes seen so far.
-#[derive(Debug, Default)]
-struct MaxSpeedAccumulator {
-    fixes: Vec<Fix>,
-}
-
-impl MaxSpeedAccumulator {
-    fn push_all(
-        &mut self,
-        ts: &Int64Array,
-        lat: &Float64Array,
-        lon: &Float64Array,
-        acc: &Float64Array,
-        rows: std::ops::Range<usize>,
-    ) {
-        for i in rows {
-            if ts.is_null(i) || lat.is_null(i) || lon.is_null(i) || acc.is_null(i) {
-                continue;
-            }
-            if let Some(fix) = Fix::new(ts.value(i), lat.value(i), lon.value(i), acc.value(i)) {
-                self.fixes.push(fix);
-            }
-        }
-    }
-}
-
-impl Accumulator for MaxSpeedAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let name = "max_speed_kmh";
-        let [ts, lat, lon, acc] = expect_args::<4>(name, values)?;
-        let ts = millis(name, ts)?;
-        let (lat, lon, acc) = (f64s(name, lat)?, f64s(name, lon)?, f64s(name, acc)?);
-        self.push_all(&ts, lat, lon, acc, 0..ts.len());
-        Ok(())
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let name = "max_speed_kmh";
-        let [ts, lat, lon, acc] = expect_args::<4>(name, states)?;
-        let (ts_list, ts) = list_values::<Int64Type>(name, ts)?;
-        let (_, lat) = list_values::<Float64Type>(name, lat)?;
-        let (_, lon) = list_values::<Float64Type>(name, lon)?;
-        let (_, acc) = list_values::<Float64Type>(name, acc)?;
-        if lat.len() != ts.len() || lon.len() != ts.len() || acc.len() != ts.len() {
-            return Err(DataFusionError::Internal(format!(
-                "{name}: state lists differ in length"
-            )));
-        }
-        for row in 0..ts_list.len() {
-            self.push_all(ts, lat, lon, acc, list_range(ts_list, row));
-        }
-        Ok(())
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let f = &self.fixes;
-        Ok(vec![
-            list_scalar(Arc::new(f.iter().map(|x| x.ts_ms).collect::<Int64Array>())),
-            list_scalar(Arc::new(f.iter().map(|x| x.lat).collect::<Float64Array>())),
-            list_scalar(Arc::new(f.iter().map(|x| x.lon).collect::<Float64Array>())),
-            list_scalar(Arc::new(
-                f.iter().map(|x| x.accuracy_m).collect::<Float64Array>(),
-            )),
-        ])
-    }
-
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::Float64(geo::max_speed_kmh(&mut self.fixes)))
-    }
-
-    fn size(&self) -> usize {
-        size_of::<Self>() + self.fixes.capacity() * size_of::<Fix>()
     }
 }
 
@@ -255,29 +180,13 @@ impl AggregateUDFImpl for DwellSeconds {
         ])
     }
     fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::<DwellAccumulator>::default())
+        Ok(Box::new(SampleList::<DwellSamples>::default()))
     }
     fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
         true
     }
     fn create_groups_accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
         Ok(Box::new(SampleGroups::<DwellSamples>::default()))
-    }
-}
-
-/// Samples `(ts_ms, inside)` seen so far.
-#[derive(Debug, Default)]
-struct DwellAccumulator {
-    samples: Vec<(i64, bool)>,
-}
-
-impl DwellAccumulator {
-    fn push_all(&mut self, ts: &Int64Array, inside: &BooleanArray, rows: std::ops::Range<usize>) {
-        for i in rows {
-            if ts.is_valid(i) && inside.is_valid(i) {
-                self.samples.push((ts.value(i), inside.value(i)));
-            }
-        }
     }
 }
 
@@ -290,62 +199,12 @@ fn booleans<'a>(function: &str, array: &'a ArrayRef) -> Result<&'a BooleanArray>
     })
 }
 
-impl Accumulator for DwellAccumulator {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let name = "dwell_seconds";
-        let [ts, inside] = expect_args::<2>(name, values)?;
-        let ts = millis(name, ts)?;
-        self.push_all(&ts, booleans(name, inside)?, 0..ts.len());
-        Ok(())
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let name = "dwell_seconds";
-        let [ts, inside] = expect_args::<2>(name, states)?;
-        let (ts_list, ts) = list_values::<Int64Type>(name, ts)?;
-        let inside_list = inside.as_list_opt::<i32>().ok_or_else(|| {
-            DataFusionError::Internal(format!(
-                "{name}: state must be a list, got {}",
-                inside.data_type()
-            ))
-        })?;
-        let inside = booleans(name, inside_list.values())?;
-        if inside.len() != ts.len() {
-            return Err(DataFusionError::Internal(format!(
-                "{name}: state lists differ in length"
-            )));
-        }
-        for row in 0..ts_list.len() {
-            self.push_all(ts, inside, list_range(ts_list, row));
-        }
-        Ok(())
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let s = &self.samples;
-        Ok(vec![
-            list_scalar(Arc::new(s.iter().map(|x| x.0).collect::<Int64Array>())),
-            list_scalar(Arc::new(
-                s.iter().map(|x| Some(x.1)).collect::<BooleanArray>(),
-            )),
-        ])
-    }
-
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::Float64(geo::dwell_seconds(&mut self.samples)))
-    }
-
-    fn size(&self) -> usize {
-        size_of::<Self>() + self.samples.capacity() * size_of::<(i64, bool)>()
-    }
-}
-
 /// The sample lists of `max_speed_kmh` and `dwell_seconds`, as [`SampleGroups`] needs
 /// them: samples read from the arguments or from the flat values of the list states, the
 /// flat values written back, the final value.
-trait SampleKind: Send + 'static {
+trait SampleKind: Send + Sync + 'static {
     const NAME: &'static str;
-    type Item: Copy + Send + 'static;
+    type Item: Copy + Send + Sync + 'static;
     /// The columns samples are read from (arguments, or the values of the state lists).
     type Cols<'a>;
     fn arg_cols(values: &[ArrayRef]) -> Result<Self::Cols<'_>>;
@@ -460,6 +319,60 @@ impl SampleKind for DwellSamples {
     }
     fn evaluate(items: &mut [(i64, bool)]) -> Option<f64> {
         geo::dwell_seconds(items)
+    }
+}
+
+/// The sample-list aggregates without groups: the samples seen so far.
+struct SampleList<K: SampleKind> {
+    items: Vec<K::Item>,
+}
+
+impl<K: SampleKind> Default for SampleList<K> {
+    fn default() -> Self {
+        Self { items: Vec::new() }
+    }
+}
+
+impl<K: SampleKind> std::fmt::Debug for SampleList<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SampleList")
+            .field("function", &K::NAME)
+            .field("items", &self.items.len())
+            .finish()
+    }
+}
+
+impl<K: SampleKind> Accumulator for SampleList<K> {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let cols = K::arg_cols(values)?;
+        let rows = values.first().map_or(0, |v| v.len());
+        self.items
+            .extend((0..rows).filter_map(|i| K::item(&cols, i)));
+        Ok(())
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let (list, cols) = K::state_cols(states)?;
+        for row in 0..list.len() {
+            self.items
+                .extend(list_range(list, row).filter_map(|i| K::item(&cols, i)));
+        }
+        Ok(())
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(K::state_values(std::slice::from_ref(&self.items))
+            .into_iter()
+            .map(list_scalar)
+            .collect())
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        Ok(ScalarValue::Float64(K::evaluate(&mut self.items)))
+    }
+
+    fn size(&self) -> usize {
+        size_of::<Self>() + self.items.capacity() * size_of::<K::Item>()
     }
 }
 
