@@ -175,6 +175,32 @@ async fn oversize_bodies_are_413_declared_or_streamed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_never_finish_are_408_within_the_body_timeout() {
+    let s = IngestServer::start(IngestConfig {
+        body_timeout_secs: 1,
+        ..small_limits()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    // A declared length the client never sends in full.
+    let r = s.post_declared(&[AUTH, NDJSON], 1_000, b"{\"seq\":").await;
+    assert_refused(&r, StatusCode::REQUEST_TIMEOUT, "did not arrive within 1 s");
+    assert_eq!(r.header("connection"), Some("close"));
+    // A chunked body that stops part-way through a row.
+    let line = ping(7);
+    let half = Bytes::from(line[..line.len() / 2].to_string());
+    let r = s.post_chunked_unending(&[AUTH, NDJSON], vec![half]).await;
+    assert_refused(&r, StatusCode::REQUEST_TIMEOUT, "did not arrive within 1 s");
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    assert!(
+        s.wal_seqs().is_empty(),
+        "nothing of a timed-out body is written"
+    );
+    s.assert_still_serving(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deeply_nested_json_is_rejected_not_a_crash() {
     let s = IngestServer::start(IngestConfig {
         max_body_bytes: 4 * 1024 * 1024,

@@ -29,6 +29,10 @@ pub struct IngestConfig {
     pub max_lag_rows: u64,
     /// Seconds sent in `Retry-After` with 429 and 503.
     pub retry_after_secs: u64,
+    /// Seconds a client has to send a whole request body; a slower one gets 408 and its
+    /// connection is closed (a client trickling bytes must not hold memory and a
+    /// connection forever). 0: no limit.
+    pub body_timeout_secs: u64,
     /// How far (ms) a ping's event time may lie ahead of the server clock (phone clock
     /// skew); later pings are rejected as `in_future`.
     pub max_future_ms: i64,
@@ -49,6 +53,7 @@ impl Default for IngestConfig {
             max_lag_batches: 100_000,
             max_lag_rows: 10_000_000,
             retry_after_secs: 1,
+            body_timeout_secs: 30,
             max_future_ms: limits.max_future_ms,
             min_event_time_ms: limits.min_event_time_ms,
         }
@@ -67,6 +72,7 @@ impl fmt::Debug for IngestConfig {
             .field("max_lag_batches", &self.max_lag_batches)
             .field("max_lag_rows", &self.max_lag_rows)
             .field("retry_after_secs", &self.retry_after_secs)
+            .field("body_timeout_secs", &self.body_timeout_secs)
             .field("max_future_ms", &self.max_future_ms)
             .field("min_event_time_ms", &self.min_event_time_ms)
             .finish()

@@ -10,6 +10,7 @@
 //! | 202 | at least one row is durable in the WAL (invalid rows of the same request are listed in `rejected`), or the request held no rows |
 //! | 400 | every row was rejected (reasons per row), or the body is not the format it claims (`error`) |
 //! | 401 | no or a wrong bearer token (`WWW-Authenticate: Bearer`) |
+//! | 408 | the body did not arrive within `body_timeout_secs` (`Connection: close`) |
 //! | 413 | body over `max_body_bytes` as sent or `max_decompressed_bytes` inflated, or more than `max_rows_per_request` rows |
 //! | 415 | unknown Content-Type or Content-Encoding |
 //! | 429 | the engine is behind the WAL head by more than the configured bound (`Retry-After`) |

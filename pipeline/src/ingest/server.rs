@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -195,6 +195,12 @@ pub enum IngestError {
     /// The connection failed while the body was read (client or network). 400.
     #[error("reading the body failed: {0}")]
     BodyRead(String),
+    /// The body did not arrive within `ingest.body_timeout_secs` (client). 408.
+    #[error("the request body did not arrive within {secs} s")]
+    BodyTimeout {
+        /// The limit, seconds.
+        secs: u64,
+    },
     /// The engine is behind by more than the configured bound (retry). 429.
     #[error("engine is behind by {} batches / {} rows; retry later", .0.batches, .0.rows)]
     Lagging(Lag),
@@ -245,6 +251,7 @@ impl IngestError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Self::Decode(DecodeError::Malformed(_)) | Self::BodyRead(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Lagging(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::WalUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -275,6 +282,10 @@ impl IngestError {
             }
             Self::Lagging(_) | Self::WalUnavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            // The rest of the body may still come: the connection cannot be reused.
+            Self::BodyTimeout { .. } => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }
@@ -434,7 +445,14 @@ async fn ingest(
     if declared.is_some_and(|n| n > limit) {
         return Err(IngestError::BodyTooLarge { limit });
     }
-    let bytes = read_limited(body, limit).await?;
+    let secs = state.inner.config.body_timeout_secs;
+    let bytes = if secs == 0 {
+        read_limited(body, limit).await?
+    } else {
+        tokio::time::timeout(Duration::from_secs(secs), read_limited(body, limit))
+            .await
+            .map_err(|_| IngestError::BodyTimeout { secs })??
+    };
     if let Some(m) = &state.inner.metrics {
         m.ingest_bytes(bytes.len());
     }
