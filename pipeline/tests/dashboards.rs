@@ -676,7 +676,9 @@ fn load_state(redis: &RedisServer) {
 const GEOFENCES: &str = r#"{"type":"FeatureCollection","features":[{"type":"Feature","properties":{"id":"pawn-cbd-1","kind":"pawn_shop"},"geometry":{"type":"Polygon","coordinates":[[[36.8162,-1.2874],[36.8182,-1.2874],[36.8182,-1.2854],[36.8162,-1.2854],[36.8162,-1.2874]]]}}]}"#;
 
 /// One NDJSON request of `rows` pings and how many of them ingest accepts. Round 0 is
-/// 12 minutes old (so windows close once later rounds move the watermark on); later
+/// 20 minutes old, so at least one 15-minute slide boundary lies between it and the
+/// watermark of the later rounds (2 minutes behind now) whatever the wall clock says,
+/// and windows close (12 minutes old left no boundary a third of the time); later
 /// rounds are current except one ping in 17, 5 minutes old: behind the watermark
 /// (2 minutes behind the newest ping), late. One in 23 has a bad IMEI and one in 29 a
 /// battery level of 250 %: both rejected.
@@ -688,7 +690,7 @@ fn request(round: u64, rows: u64) -> (String, u64) {
             let k = round * rows + i;
             let n = k % DEVICES;
             let t = if round == 0 {
-                now - 12 * 60_000
+                now - 20 * 60_000
             } else if k.is_multiple_of(17) {
                 now - 5 * 60_000
             } else {
