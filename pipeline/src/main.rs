@@ -2,10 +2,10 @@
 
 use clap::Parser;
 
-/// mimalloc instead of glibc malloc: the engine allocates and frees whole Arrow buffers
+/// jemalloc instead of glibc malloc: the engine allocates and frees whole Arrow buffers
 /// and hash tables per batch (see load-tests/pipelines/replay/README.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
     let cli = leasewatch::cli::Cli::parse();
