@@ -27,6 +27,7 @@ SQL_DIR="$(cd "${SQL_DIR:-$ROOT/sql}" && pwd)"
 WORK="${WORK:-/tmp/lw-quality/${DEVICES}x${DAYS}-s${SEED}}"
 
 if [ -z "${NO_BUILD:-}" ]; then
+    ensure_build_tools
     step "build ($PROFILE)"
     if [ "$PROFILE" = release ]; then
         nice -n 10 cargo build --release -p leasewatch -p leasewatch-load

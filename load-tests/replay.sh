@@ -27,6 +27,7 @@ WORK="${WORK:-/tmp/lw-replay}"
 PIPELINE="$ROOT/load-tests/pipelines/replay"
 
 if [ -z "${NO_BUILD:-}" ]; then
+    ensure_build_tools
     step "build ($PROFILE)"
     if [ "$PROFILE" = release ]; then
         cargo build --release -p leasewatch -p leasewatch-load

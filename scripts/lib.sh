@@ -17,6 +17,12 @@ ensure_packages() {
     $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# What the build needs besides Rust: a C compiler and make (the `leasewatch` binary's
+# jemalloc is built from source).
+ensure_build_tools() {
+    ensure_packages cc:gcc make:make
+}
+
 # Installs a Python package for the tests when it cannot be imported.
 ensure_python_module() {
     local module="$1" package="$2"
