@@ -199,8 +199,8 @@ fn booleans<'a>(function: &str, array: &'a ArrayRef) -> Result<&'a BooleanArray>
     })
 }
 
-/// The sample lists of `max_speed_kmh` and `dwell_seconds`, as [`SampleGroups`] needs
-/// them: samples read from the arguments or from the flat values of the list states, the
+/// The sample lists of `max_speed_kmh` and `dwell_seconds`, as [`SampleList`] and
+/// [`SampleGroups`] need them: samples read from the arguments or from the flat values of the list states, the
 /// flat values written back, the final value.
 trait SampleKind: Send + Sync + 'static {
     const NAME: &'static str;
