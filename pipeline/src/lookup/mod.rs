@@ -93,8 +93,9 @@ pub struct LookupStats {
     pub redis: RetryCounters,
 }
 
-/// A copy of [`LookupStats`] at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// A copy of [`LookupStats`] at one moment (also the per-table part of the replay
+/// summary).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct LookupStatsSnapshot {
     /// See [`LookupStats::batches`].
     pub batches: u64,

@@ -145,24 +145,7 @@ pub struct Summary {
     /// Peak resident memory of the process (`VmHWM`, Linux only), bytes.
     pub peak_rss_bytes: Option<u64>,
     /// Per Redis lookup table: batches looked up, round trips, cache hits and misses.
-    pub lookups: BTreeMap<String, LookupSummary>,
-}
-
-/// What one Redis lookup table did during a replay.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct LookupSummary {
-    /// Batches looked up.
-    pub batches: u64,
-    /// `MGET` round trips (at most one per batch; none when the cache had every key).
-    pub round_trips: u64,
-    /// Keys fetched from Redis.
-    pub keys_fetched: u64,
-    /// Distinct keys served by the cache.
-    pub cache_hits: u64,
-    /// Distinct keys the cache could not serve.
-    pub cache_misses: u64,
-    /// Times a batch was held because Redis was unreachable.
-    pub held: u64,
+    pub lookups: BTreeMap<String, crate::lookup::LookupStatsSnapshot>,
 }
 
 impl Summary {
@@ -351,18 +334,9 @@ pub async fn replay(
     }
     engine.finish().await?;
     for (table, lookup) in engine.lookups() {
-        let l = lookup.stats().snapshot();
-        summary.lookups.insert(
-            table.clone(),
-            LookupSummary {
-                batches: l.batches,
-                round_trips: l.round_trips,
-                keys_fetched: l.keys_fetched,
-                cache_hits: l.cache_hits,
-                cache_misses: l.cache_misses,
-                held: l.held,
-            },
-        );
+        summary
+            .lookups
+            .insert(table.clone(), lookup.stats().snapshot());
     }
     bar.finish_and_clear();
     let stats = engine.stats();
