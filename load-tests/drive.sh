@@ -41,19 +41,7 @@ WAL_FSYNC="${WAL_FSYNC:-true}"
 SQL_DIR="$(cd "${SQL_DIR:-$ROOT/sql}" && pwd)"
 WORK="${WORK:-/tmp/lw-drive}"
 
-if [ -z "${NO_BUILD:-}" ]; then
-    ensure_build_tools
-    step "build ($PROFILE)"
-    if [ "$PROFILE" = release ]; then
-        nice -n 10 cargo build --release -p leasewatch -p leasewatch-load
-    else
-        nice -n 10 cargo build -p leasewatch -p leasewatch-load
-    fi
-fi
-if [ -z "${BIN:-}" ]; then
-    TARGET="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-    BIN="$TARGET/$PROFILE"
-fi
+build_load_binaries
 
 ensure_packages redis-server:redis-server redis-cli:redis-tools
 rm -rf "$WORK"

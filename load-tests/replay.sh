@@ -26,19 +26,7 @@ PROFILE="${PROFILE:-release}"
 WORK="${WORK:-/tmp/lw-replay}"
 PIPELINE="$ROOT/load-tests/pipelines/replay"
 
-if [ -z "${NO_BUILD:-}" ]; then
-    ensure_build_tools
-    step "build ($PROFILE)"
-    if [ "$PROFILE" = release ]; then
-        cargo build --release -p leasewatch -p leasewatch-load
-    else
-        cargo build -p leasewatch -p leasewatch-load
-    fi
-fi
-if [ -z "${BIN:-}" ]; then
-    TARGET="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
-    BIN="$TARGET/$PROFILE"
-fi
+build_load_binaries
 mkdir -p "$WORK"
 
 # One run: prints "label pings/s decode-only/s peak-RSS state-bytes/device late".

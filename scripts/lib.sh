@@ -23,6 +23,24 @@ ensure_build_tools() {
     ensure_packages cc:gcc make:make
 }
 
+# For the load-test scripts: builds `leasewatch` and `leasewatch-load` in $PROFILE
+# (release or debug) unless NO_BUILD is set, and sets BIN to the folder holding them
+# unless BIN is set already.
+build_load_binaries() {
+    if [ -z "${NO_BUILD:-}" ]; then
+        ensure_build_tools
+        step "build ($PROFILE)"
+        local release=()
+        [ "$PROFILE" = release ] && release=(--release)
+        nice -n 10 cargo build "${release[@]}" -p leasewatch -p leasewatch-load
+    fi
+    if [ -z "${BIN:-}" ]; then
+        local target
+        target="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"
+        BIN="$target/$PROFILE"
+    fi
+}
+
 # Installs a Python package for the tests when it cannot be imported.
 ensure_python_module() {
     local module="$1" package="$2"
