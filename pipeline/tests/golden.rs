@@ -94,10 +94,17 @@ fn stats_line(engine: &Engine, rej: &Rejections) -> String {
     .to_string()
 }
 
-async fn run_case(dir: &Path, restore_at: Option<usize>) -> Vec<String> {
+/// Runs a case, its batches fed `join` at a time (joined into one, as `leasewatch run`
+/// joins the WAL entries waiting for the engine), with a checkpoint and restore before
+/// (joined) batch `restore_at`.
+async fn run_case(dir: &Path, restore_at: Option<usize>, join: usize) -> Vec<String> {
     let sql = std::fs::read_to_string(dir.join("query.sql")).unwrap();
     let files = vec![("query.sql".to_string(), sql)];
     let (batches, rej) = input_batches(&dir.join("input.jsonl"));
+    let batches: Vec<RecordBatch> = batches
+        .chunks(join)
+        .map(|c| arrow::compute::concat_batches(&c[0].schema(), c).unwrap())
+        .collect();
     let mut engine = Engine::from_files(&files, &options()).await.unwrap();
     let mut out = Vec::new();
     for (i, b) in batches.iter().enumerate() {
@@ -129,12 +136,17 @@ async fn golden_cases() {
     let mut failures = Vec::new();
     for dir in &cases {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
-        let got = run_case(dir, None).await;
+        let got = run_case(dir, None, 1).await;
         let n = input_batches(&dir.join("input.jsonl")).0.len();
-        let restored = run_case(dir, Some(n / 2)).await;
+        let restored = run_case(dir, Some(n / 2), 1).await;
         assert_eq!(
             got, restored,
             "{name}: checkpoint-restore mid-stream changed the output"
+        );
+        let joined = run_case(dir, Some(n / 8), 4).await;
+        assert_eq!(
+            got, joined,
+            "{name}: feeding the batches four at a time changed the output"
         );
         let text = got.join("\n") + "\n";
         let expected_path = dir.join("expected.jsonl");
@@ -158,5 +170,51 @@ async fn golden_cases() {
         failures.is_empty(),
         "golden cases differ (LEASEWATCH_BLESS=1 to regenerate):\n{}",
         failures.join("\n")
+    );
+}
+
+/// A per-ping query failing on a batch (integer division by zero) leaves the engine as
+/// it was: no counter, clock or output changed, so `leasewatch run` can process the
+/// WAL entries it had joined one by one and set aside only the one that fails.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failing_per_ping_query_changes_nothing() {
+    let sql = "CREATE TABLE pings (
+           device_id TEXT NOT NULL, event_time TIMESTAMP NOT NULL, battery_pct INT,
+           event_kind TEXT NOT NULL,
+           WATERMARK FOR event_time AS (event_time - INTERVAL '1' SECOND)
+         ) WITH (connector = 'leasewatch');
+         CREATE TABLE per_pct WITH (connector = 'blackhole');
+         INSERT INTO per_pct SELECT device_id, 100 / battery_pct AS p FROM pings;";
+    let files = vec![("query.sql".to_string(), sql.to_string())];
+    let mut engine = Engine::from_files(&files, &options()).await.unwrap();
+    let batch = |t: i64, pct: u8| {
+        let line = format!(
+            r#"{{"device_id":"352906112103645","event_time":{t},"battery_pct":{pct},"event_kind":"heartbeat"}}"#
+        );
+        leasewatch::ingest::decode_ndjson(line.as_bytes(), 10)
+            .unwrap()
+            .batch
+    };
+    engine.process(&batch(1_000_000, 50)).await.unwrap();
+    let (stats, watermark) = (engine.stats().clone(), engine.watermark());
+    let err = engine.process(&batch(9_000_000, 0)).await.unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("divide by zero"),
+        "{err}"
+    );
+    assert!(engine.failed_without_effect());
+    assert_eq!(engine.stats(), &stats);
+    assert_eq!(engine.watermark(), watermark);
+    // A ping far older than the failed one is not late: the clock did not move.
+    engine.process(&batch(2_000_000, 25)).await.unwrap();
+    assert_eq!(engine.stats().late, 0);
+    assert_eq!(engine.stats().pings_in, 2);
+    assert_eq!(
+        engine
+            .take_captured("per_pct")
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum::<usize>(),
+        2
     );
 }

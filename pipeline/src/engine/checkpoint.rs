@@ -6,7 +6,7 @@
 //! checkpoint store keeps these bytes with the WAL position they cover.
 
 use super::plan::{QueryKind, WindowState};
-use super::window::{HopState, SessionState};
+use super::window::{HopState, Part, SessionState};
 use super::{Engine, EngineError, EngineStats};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -37,6 +37,9 @@ enum QueryState {
         next_start: Option<i64>,
         /// (bucket start, number of batches), in order.
         buckets: Vec<(i64, usize)>,
+        /// Compaction level of each batch, in the same order (absent: all 0).
+        #[serde(default)]
+        levels: Vec<u8>,
     },
     Session {
         next_close: i64,
@@ -94,11 +97,13 @@ impl Engine {
                 QueryKind::PerBatch(_) => queries.push(QueryState::PerBatch),
                 QueryKind::Windowed(w) => match &w.state {
                     WindowState::Hop(h) => {
+                        let parts = || h.buckets.values().flatten();
                         queries.push(QueryState::Hop {
                             next_start: h.next_start,
                             buckets: h.buckets.iter().map(|(k, v)| (*k, v.len())).collect(),
+                            levels: parts().map(|p| p.level).collect(),
                         });
-                        let all: Vec<RecordBatch> = h.buckets.values().flatten().cloned().collect();
+                        let all: Vec<RecordBatch> = parts().map(|p| p.batch.clone()).collect();
                         blobs.push(ipc(&w.partial_schema, &all)?);
                     }
                     WindowState::Session(s) => {
@@ -166,18 +171,28 @@ impl Engine {
                     QueryState::Hop {
                         next_start,
                         buckets,
+                        levels,
                     },
                     QueryKind::Windowed(w),
                 ) => {
                     let len = take_u64(&mut rest)? as usize;
                     let mut batches =
-                        read_ipc(take(&mut rest, len)?, &w.partial_schema)?.into_iter();
+                        read_hop_ipc(take(&mut rest, len)?, &w.partial_schema, w.window_index)?
+                            .into_iter();
                     let mut h = HopState {
                         buckets: Default::default(),
                         next_start: *next_start,
                     };
+                    let mut levels = levels.iter().copied();
                     for (k, count) in buckets {
-                        let v: Vec<RecordBatch> = batches.by_ref().take(*count).collect();
+                        let v: Vec<Part> = batches
+                            .by_ref()
+                            .take(*count)
+                            .map(|batch| Part {
+                                batch,
+                                level: levels.next().unwrap_or(0),
+                            })
+                            .collect();
                         if v.len() != *count {
                             return Err(bad("window state is shorter than its layout"));
                         }
@@ -226,9 +241,101 @@ fn read_ipc(bytes: &[u8], schema: &SchemaRef) -> Result<Vec<RecordBatch>, Engine
         return Err(bad("window state schema differs from this pipeline's"));
     }
     let batches = reader.collect::<Result<Vec<_>, _>>().map_err(bad)?;
-    // Rebind to the exact schema object the plans expect.
+    rebind(batches, schema)
+}
+
+/// Hop state: as [`read_ipc`], also from checkpoints taken before hop windows were
+/// keyed by their start (`window::key_type`), whose key column (`window_index`) is the
+/// `window` struct: its start is the key.
+fn read_hop_ipc(
+    bytes: &[u8],
+    schema: &SchemaRef,
+    window_index: usize,
+) -> Result<Vec<RecordBatch>, EngineError> {
+    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(bad)?;
+    let stored = reader.schema();
+    let same = |i: usize| stored.fields().get(i) == schema.fields().get(i);
+    let struct_key = stored.fields().len() == schema.fields().len()
+        && (0..schema.fields().len()).all(|i| i == window_index || same(i))
+        && stored
+            .fields()
+            .get(window_index)
+            .is_some_and(|f| *f.data_type() == super::window::window_type());
+    if !struct_key {
+        return read_ipc(bytes, schema);
+    }
+    let mut batches = reader.collect::<Result<Vec<_>, _>>().map_err(bad)?;
+    for b in &mut batches {
+        let start = b
+            .column(window_index)
+            .as_any()
+            .downcast_ref::<arrow::array::StructArray>()
+            .map(|s| s.column(0).clone())
+            .ok_or_else(|| bad("window state: the window column is not a struct"))?;
+        let mut cols = b.columns().to_vec();
+        cols[window_index] = start;
+        *b = RecordBatch::try_new(schema.clone(), cols).map_err(bad)?;
+    }
+    Ok(batches)
+}
+
+/// The batches rebound to the exact schema object the plans expect.
+fn rebind(batches: Vec<RecordBatch>, schema: &SchemaRef) -> Result<Vec<RecordBatch>, EngineError> {
     batches
         .into_iter()
         .map(|b| RecordBatch::try_new(schema.clone(), b.columns().to_vec()).map_err(bad))
         .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::engine::window::{hop_key, window_array, window_type};
+    use arrow::array::{Int64Array, TimestampMillisecondArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    /// Hop state saved when its key was the `window` struct restores keyed by start.
+    #[test]
+    fn hop_state_with_a_struct_key_restores_keyed_by_its_start() {
+        let count = Field::new("count", DataType::Int64, true);
+        let old = Arc::new(Schema::new(vec![
+            Field::new("w", window_type(), false),
+            count.clone(),
+        ]));
+        let new = Arc::new(Schema::new(vec![
+            Field::new("w", leasewatch_schemas::timestamp_type(), false),
+            count,
+        ]));
+        let counts = Arc::new(Int64Array::from(vec![3, 4]));
+        let saved = RecordBatch::try_new(
+            old.clone(),
+            vec![
+                window_array(vec![0, 60_000], vec![60_000, 120_000]),
+                counts.clone(),
+            ],
+        )
+        .unwrap();
+        let bytes = ipc(&old, &[saved]).unwrap();
+        let got = read_hop_ipc(&bytes, &new, 0).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].schema(), new);
+        let starts = got[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .unwrap();
+        assert_eq!(starts.values().to_vec(), vec![0, 60_000]);
+        assert_eq!(
+            got[0].column(1).as_ref(),
+            counts.as_ref() as &dyn arrow::array::Array
+        );
+        // State of the current layout reads as it is; another layout is refused.
+        let current = RecordBatch::try_new(new.clone(), vec![hop_key(0, 2), counts]).unwrap();
+        let bytes = ipc(&new, std::slice::from_ref(&current)).unwrap();
+        assert_eq!(read_hop_ipc(&bytes, &new, 0).unwrap(), vec![current]);
+        let other = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        assert!(read_hop_ipc(&bytes, &other, 0).is_err());
+    }
 }

@@ -216,6 +216,8 @@ pub struct Engine {
     clock: Clock,
     stats: EngineStats,
     fingerprint: u64,
+    /// The last [`Engine::process`] failed before anything changed.
+    failed_without_effect: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -229,9 +231,10 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-/// Compaction threshold: a slide bucket with more partial-state batches than this is
-/// reduced to one (DataFusion `PartialReduce`), bounding state and final-merge work.
-const COMPACT_AT: usize = 16;
+/// Compaction fan-in: this many partial-state batches of one level in a slide bucket are
+/// reduced to one (DataFusion `PartialReduce`), bounding state and final-merge work
+/// (`HopState::take_compaction`).
+const COMPACT_FANIN: usize = 16;
 
 impl Engine {
     /// Builds the pipeline of every `.sql` file in `dir` (sorted by name).
@@ -420,6 +423,7 @@ impl Engine {
             },
             stats,
             fingerprint,
+            failed_without_effect: false,
         })
     }
 
@@ -472,6 +476,14 @@ impl Engine {
         &self.sink_names
     }
 
+    /// Whether the last [`Engine::process`] error left the engine as it was before the
+    /// call (a per-ping query failed: no state, clock, counter or output changed), so
+    /// that its pings may be processed again, e.g. in parts. Otherwise the queries
+    /// that ran before the failing one kept their effect.
+    pub fn failed_without_effect(&self) -> bool {
+        self.failed_without_effect
+    }
+
     /// Processes one batch of valid pings (schema: `ping_schema()`).
     pub async fn process(&mut self, pings: &RecordBatch) -> Result<(), EngineError> {
         if pings.num_rows() == 0 {
@@ -491,29 +503,43 @@ impl Engine {
             .as_any()
             .downcast_ref::<TimestampMillisecondArray>()
             .ok_or_else(|| EngineError::Internal("event_time is not a ms timestamp".into()))?;
+        let batch = pings
+            .project(&source.projection)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let clock_before = self.clock;
+        self.failed_without_effect = false;
         let (late_mask, n_late) = if self.clock.flushed {
             let n = pings.num_rows();
             (BooleanArray::from(vec![true; n]), n as u64)
         } else {
             self.clock.observe(ts)
         };
-        self.stats.pings_in += pings.num_rows() as u64;
-        self.stats.late += n_late;
-        let batch = pings
-            .project(&source.projection)
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
         let slot = source.slot.clone();
 
-        // Per-batch queries see every ping, late ones included.
+        // Per-batch queries see every ping, late ones included. Their output is
+        // delivered after the windows took the batch; until then nothing has changed.
         slot.set(vec![batch.clone()]);
         let mut pending = Vec::new();
         for (i, q) in self.queries.iter().enumerate() {
             if let QueryKind::PerBatch(p) = &q.kind
                 && q.inputs.contains(&PINGS)
             {
-                let out = run(p, &self.task, &q.pos).await?;
-                count(&mut self.stats, &q.name, batch.num_rows(), &out);
-                pending.push((i, out));
+                match run(p, &self.task, &q.pos).await {
+                    Ok(out) => pending.push((i, out)),
+                    Err(e) => {
+                        slot.clear();
+                        self.clock = clock_before;
+                        self.failed_without_effect = true;
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        self.stats.pings_in += pings.num_rows() as u64;
+        self.stats.late += n_late;
+        for (i, out) in &pending {
+            if let Some(q) = self.queries.get(*i) {
+                count(&mut self.stats, &q.name, batch.num_rows(), out);
             }
         }
         let ontime = if n_late > 0 {
@@ -935,19 +961,22 @@ async fn accumulate(
     let mut with_window = Vec::with_capacity(pre.len());
     for b in pre.into_iter().filter(|b| b.num_rows() > 0) {
         let ts = window::ts_values(b.column(w.ts_index).as_ref()).map_err(internal)?;
-        let (starts, ends): (Vec<i64>, Vec<i64>) = match w.spec {
-            WindowSpec::Hop { slide_ms, .. } => ts
-                .iter()
-                .map(|t| {
-                    let s = t.div_euclid(slide_ms) * slide_ms;
-                    (s, s.saturating_add(slide_ms))
-                })
-                .unzip(),
-            WindowSpec::Session { .. } => ts.iter().map(|t| (*t, *t)).unzip(),
+        let key = match w.spec {
+            // The slide bucket's start (see `window::key_type`).
+            WindowSpec::Hop { slide_ms, .. } => {
+                let starts: Vec<i64> = ts
+                    .iter()
+                    .map(|t| t.div_euclid(slide_ms) * slide_ms)
+                    .collect();
+                Arc::new(TimestampMillisecondArray::from(starts).with_timezone(window::TZ))
+                    as ArrayRef
+            }
+            // Filled in when the session closes.
+            WindowSpec::Session { .. } => window::window_array(ts.clone(), ts.clone()),
         };
         let min_ts = ts.iter().copied().min().unwrap_or(i64::MAX);
         let mut cols = b.columns().to_vec();
-        cols.push(window::window_array(starts, ends));
+        cols.push(key);
         let rb = RecordBatch::try_new(w.agg_in_schema.clone(), cols).map_err(internal)?;
         with_window.push((rb, min_ts));
     }
@@ -963,19 +992,17 @@ async fn accumulate(
             for p in partial? {
                 h.insert(&p, w.window_index).map_err(internal)?;
             }
-            let big: Vec<i64> = h
-                .buckets
-                .iter()
-                .filter(|(_, v)| v.len() > COMPACT_AT)
-                .map(|(k, _)| *k)
-                .collect();
-            for k in big {
-                if let Some(batches) = h.buckets.remove(&k) {
-                    w.final_slot.set(batches);
-                    let reduced = run(&w.reduce, task, pos).await;
-                    w.final_slot.clear();
-                    h.buckets.insert(k, reduced?);
-                }
+            while let Some((k, level, batches)) = h.take_compaction(COMPACT_FANIN) {
+                w.final_slot.set(batches);
+                let reduced = run(&w.reduce, task, pos).await;
+                w.final_slot.clear();
+                let reduced = reduced?;
+                let one = match reduced.as_slice() {
+                    [one] => one.clone(),
+                    _ => arrow::compute::concat_batches(&w.partial_schema, &reduced)
+                        .map_err(internal)?,
+                };
+                h.compacted(k, level, one);
             }
         }
         (WindowState::Session(s), WindowSpec::Session { gap_ms }) => {
@@ -1009,11 +1036,7 @@ async fn emit_due(
             let mut batches = Vec::new();
             for (start, parts) in due {
                 for p in parts {
-                    let rows = p.num_rows();
-                    let col = window::window_array(
-                        vec![start; rows],
-                        vec![start.saturating_add(width_ms); rows],
-                    );
+                    let col = window::hop_key(start, p.num_rows());
                     batches.push(window::with_column(&p, w.window_index, col).map_err(internal)?);
                 }
             }
@@ -1021,7 +1044,7 @@ async fn emit_due(
         }
         (WindowState::Session(s), WindowSpec::Session { gap_ms }) => {
             let window_col = w.agg_in_schema.fields().len() - 1;
-            let Some(rows) = s
+            let Some((rows, sessions)) = s
                 .due(wm, gap_ms, w.ts_index, window_col, &w.keys)
                 .map_err(internal)?
             else {
@@ -1030,7 +1053,7 @@ async fn emit_due(
             w.agg_in_slot.set(vec![rows]);
             let partial = run(&w.partial, task, pos).await;
             w.agg_in_slot.clear();
-            (partial?, 1)
+            (partial?, sessions)
         }
         _ => {
             return Err(EngineError::Internal(
@@ -1044,10 +1067,13 @@ async fn emit_due(
     let mut renamed = Vec::new();
     for b in finals? {
         if b.num_rows() > 0 {
-            renamed.push(
-                RecordBatch::try_new(w.post_schema.clone(), b.columns().to_vec())
-                    .map_err(internal)?,
-            );
+            let mut cols = b.columns().to_vec();
+            if let (WindowSpec::Hop { width_ms, .. }, Some(key)) =
+                (w.spec, cols.get_mut(w.window_index))
+            {
+                *key = window::hop_window_column(key.as_ref(), width_ms).map_err(internal)?;
+            }
+            renamed.push(RecordBatch::try_new(w.post_schema.clone(), cols).map_err(internal)?);
         }
     }
     if renamed.is_empty() {

@@ -501,7 +501,7 @@ async fn compile(
         .enumerate()
         .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), f.is_nullable()))
         .collect();
-    fields.push(Field::new(WINDOW_COLUMN, window::window_type(), false));
+    fields.push(Field::new(WINDOW_COLUMN, window::key_type(spec), false));
     let agg_in_schema = Arc::new(Schema::new(fields));
     let agg_in_slot = Slot::default();
     let in_name = format!("__lw_agg_in_{qn}");
@@ -588,13 +588,22 @@ async fn compile(
         .collect();
 
     // Post-window plan: the query with the aggregate replaced by a slot of its output.
+    // The final aggregate's window key becomes the `window` struct again (see
+    // `window::key_type`) before the post-window plan reads it.
     let final_schema = final_agg.schema();
     let post_schema = Arc::new(Schema::new(
         final_schema
             .fields()
             .iter()
             .enumerate()
-            .map(|(i, f)| Field::new(format!("c{i}"), f.data_type().clone(), f.is_nullable()))
+            .map(|(i, f)| {
+                let t = if i == w_idx {
+                    window::window_type()
+                } else {
+                    f.data_type().clone()
+                };
+                Field::new(format!("c{i}"), t, f.is_nullable())
+            })
             .collect::<Vec<_>>(),
     ));
     let post_slot = Slot::default();

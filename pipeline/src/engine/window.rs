@@ -39,6 +39,40 @@ pub fn window_type() -> DataType {
     ]))
 }
 
+/// The type of the window key in the aggregate's input and partial state.
+///
+/// A hop or tumble window is known by its start, a millisecond timestamp: a slide
+/// bucket's start in the partial state, the window's start in the final aggregate, so
+/// DataFusion groups by a primitive column (a struct key goes through the row format,
+/// which cost about a third of the window merges). The `window` struct is built from
+/// it after the final aggregate ([`hop_window_column`]). A session has no fixed width,
+/// so its key is the struct itself.
+pub fn key_type(spec: WindowSpec) -> DataType {
+    match spec {
+        WindowSpec::Hop { .. } => leasewatch_schemas::timestamp_type(),
+        WindowSpec::Session { .. } => window_type(),
+    }
+}
+
+/// A hop key column (window starts, ms) of `rows` copies of `start`.
+pub fn hop_key(start: i64, rows: usize) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from(vec![start; rows]).with_timezone(TZ))
+}
+
+/// The `window` column of hop windows `width` wide from their key column (starts).
+pub fn hop_window_column(key: &dyn Array, width: i64) -> Result<ArrayRef, String> {
+    let starts = key
+        .as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .ok_or("a hop window key is not a millisecond timestamp")?;
+    let ends = starts
+        .values()
+        .iter()
+        .map(|s| s.saturating_add(width))
+        .collect();
+    Ok(window_array(starts.values().to_vec(), ends))
+}
+
 /// Builds a `window` column from starts and ends (ms).
 pub fn window_array(starts: Vec<i64>, ends: Vec<i64>) -> ArrayRef {
     let fields = match window_type() {
@@ -184,26 +218,35 @@ pub fn with_column(
     RecordBatch::try_new(batch.schema(), cols)
 }
 
-/// Start values (ms) of a `window` struct column.
+/// Start values (ms) of a hop key column, or of a `window` struct column.
 pub fn window_starts(col: &dyn Array) -> Option<&TimestampMillisecondArray> {
-    col.as_any()
-        .downcast_ref::<StructArray>()?
-        .column(0)
-        .as_any()
-        .downcast_ref::<TimestampMillisecondArray>()
+    let col = match col.as_any().downcast_ref::<StructArray>() {
+        Some(s) => s.column(0).as_ref(),
+        None => col,
+    };
+    col.as_any().downcast_ref::<TimestampMillisecondArray>()
+}
+
+/// One partial-state batch of a slide bucket.
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// Partial-state rows.
+    pub batch: RecordBatch,
+    /// How many times its rows went through a compaction (0: straight from a batch).
+    pub level: u8,
 }
 
 /// Per-slide partial aggregates of a hop/tumble window.
 #[derive(Debug, Default)]
 pub struct HopState {
-    /// Partial-state batches per slide bucket start (ms).
-    pub buckets: BTreeMap<i64, Vec<RecordBatch>>,
+    /// Partial-state batches per slide bucket start (ms), oldest first.
+    pub buckets: BTreeMap<i64, Vec<Part>>,
     /// Start of the next window that may be emitted.
     pub next_start: Option<i64>,
 }
 
 impl HopState {
-    /// Files partial-state rows by bucket (the start of their `window` column).
+    /// Files partial-state rows by bucket (their window key: the slide's start).
     pub fn insert(&mut self, partial: &RecordBatch, window_col: usize) -> Result<(), String> {
         if partial.num_rows() == 0 {
             return Ok(());
@@ -215,7 +258,7 @@ impl HopState {
             .ok_or("partial state has no window column")?;
         let first = starts.value(0);
         if starts.values().iter().all(|v| *v == first) {
-            self.buckets.entry(first).or_default().push(partial.clone());
+            self.push(first, partial.clone());
             return Ok(());
         }
         let mut distinct: Vec<i64> = starts.values().to_vec();
@@ -224,9 +267,48 @@ impl HopState {
         for b in distinct {
             let mask: BooleanArray = starts.values().iter().map(|v| Some(*v == b)).collect();
             let part = filter_record_batch(partial, &mask).map_err(|e| e.to_string())?;
-            self.buckets.entry(b).or_default().push(part);
+            self.push(b, part);
         }
         Ok(())
+    }
+
+    fn push(&mut self, bucket: i64, batch: RecordBatch) {
+        self.buckets
+            .entry(bucket)
+            .or_default()
+            .push(Part { batch, level: 0 });
+    }
+
+    /// The next compaction due: a bucket whose newest `fanin` parts share a level,
+    /// with those parts taken out (put the result back with [`HopState::compacted`]).
+    ///
+    /// Compaction is tiered, as in a log-structured merge: `fanin` parts of one level
+    /// become one part of the next. Parts only arrive at level 0, so a bucket's levels
+    /// never rise from oldest to newest and it holds fewer than `fanin` parts of each
+    /// level. Each row is re-aggregated once per level, about log_fanin(batches) times,
+    /// whereas reducing a whole bucket whenever it grew by `fanin` batches made the
+    /// work per batch grow with the devices already in it.
+    pub fn take_compaction(&mut self, fanin: usize) -> Option<(i64, u8, Vec<RecordBatch>)> {
+        let fanin = fanin.max(2);
+        for (&k, parts) in &mut self.buckets {
+            let Some(level) = parts.last().map(|p| p.level) else {
+                continue;
+            };
+            let run = parts.iter().rev().take_while(|p| p.level == level).count();
+            if run >= fanin {
+                let taken = parts.split_off(parts.len() - fanin);
+                return Some((k, level, taken.into_iter().map(|p| p.batch).collect()));
+            }
+        }
+        None
+    }
+
+    /// Files the result of a compaction of `bucket`'s parts of `level`.
+    pub fn compacted(&mut self, bucket: i64, level: u8, batch: RecordBatch) {
+        self.buckets.entry(bucket).or_default().push(Part {
+            batch,
+            level: level.saturating_add(1),
+        });
     }
 
     /// Windows whose end is at or before `watermark`: `(start, partial batches)`, oldest
@@ -245,7 +327,7 @@ impl HopState {
             let batches: Vec<RecordBatch> = self
                 .buckets
                 .range(s..end)
-                .flat_map(|(_, v)| v.iter().cloned())
+                .flat_map(|(_, v)| v.iter().map(|p| p.batch.clone()))
                 .collect();
             if !batches.is_empty() {
                 out.push((s, batches));
@@ -260,12 +342,9 @@ impl HopState {
 
     /// Rows and bytes held.
     pub fn size(&self) -> (usize, usize) {
-        self.buckets
-            .values()
-            .flatten()
-            .fold((0, 0), |(r, b), batch| {
-                (r + batch.num_rows(), b + batch.get_array_memory_size())
-            })
+        self.buckets.values().flatten().fold((0, 0), |(r, b), p| {
+            (r + p.batch.num_rows(), b + p.batch.get_array_memory_size())
+        })
     }
 }
 
@@ -298,7 +377,7 @@ impl SessionState {
     }
 
     /// Rows of the sessions closed at `watermark`, their `window` column filled in
-    /// (column `window_col`), or `None` when none closed.
+    /// (column `window_col`), and the number of sessions; `None` when none closed.
     pub fn due(
         &mut self,
         watermark: i64,
@@ -306,7 +385,7 @@ impl SessionState {
         ts_col: usize,
         window_col: usize,
         keys: &[Arc<dyn PhysicalExpr>],
-    ) -> Result<Option<RecordBatch>, String> {
+    ) -> Result<Option<(RecordBatch, u64)>, String> {
         if watermark < self.next_close || self.rows.is_empty() {
             return Ok(None);
         }
@@ -337,6 +416,7 @@ impl SessionState {
         });
         let (mut closed, mut starts, mut ends, mut open) = (vec![], vec![], vec![], vec![]);
         let mut next_close = i64::MAX;
+        let mut sessions = 0u64;
         let mut i = 0;
         while i < n {
             // one session: idx[i..j]
@@ -353,6 +433,7 @@ impl SessionState {
             }
             let end = last_ts.saturating_add(gap);
             if end <= watermark {
+                sessions += 1;
                 for &r in &idx[i..j] {
                     closed.push(r);
                     starts.push(ts[first]);
@@ -378,7 +459,7 @@ impl SessionState {
             take_record_batch(&all, &UInt32Array::from(closed)).map_err(|e| e.to_string())?;
         let done = with_column(&done, window_col, window_array(starts, ends))
             .map_err(|e| e.to_string())?;
-        Ok(Some(done))
+        Ok(Some((done, sessions)))
     }
 
     /// Rows and bytes held.
@@ -437,6 +518,29 @@ mod tests {
             .collect();
         assert_eq!(rows, vec![3, 3, 2, 1, 1, 1]);
         assert!(h.buckets.is_empty());
+    }
+
+    #[test]
+    fn compaction_is_tiered_by_level() {
+        let mut h = HopState::default();
+        let fanin = 4;
+        let mut reductions = Vec::new();
+        // 4^2 + 2 batches into one bucket, each compaction "reducing" to one row.
+        for _ in 0..18 {
+            h.insert(&partial(&[0, 0]), 0).unwrap();
+            while let Some((k, level, batches)) = h.take_compaction(fanin) {
+                assert_eq!(k, 0);
+                assert_eq!(batches.len(), fanin);
+                reductions.push(level);
+                h.compacted(k, level, partial(&[0]));
+            }
+        }
+        // Four compactions of level 0 and, after the fourth, one of level 1: not one
+        // per batch once the bucket is big.
+        assert_eq!(reductions, vec![0, 0, 0, 0, 1]);
+        let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
+        assert_eq!(levels, vec![2, 0, 0]);
+        assert!(h.take_compaction(fanin).is_none());
     }
 }
 
