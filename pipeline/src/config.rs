@@ -44,6 +44,10 @@ pub struct EngineConfig {
     /// the overdue ladder for every lease, also devices that stopped pinging); the first
     /// runs at start. 0 turns it off.
     pub sweep_interval_secs: u64,
+    /// `leasewatch run`: WAL entries (requests) waiting for the engine are processed
+    /// together, up to this many pings at once (an entry is never split): every query
+    /// runs once per such batch, not once per request.
+    pub max_batch_rows: usize,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +59,7 @@ impl Default for EngineConfig {
             checkpoint_interval_secs: 60,
             redis_url: None,
             sweep_interval_secs: 3600,
+            max_batch_rows: 8192,
         }
     }
 }
@@ -129,6 +134,9 @@ impl Config {
         let mut e = Vec::new();
         if self.replay.batch_rows == 0 {
             e.push("replay.batch_rows must be at least 1".to_string());
+        }
+        if self.engine.max_batch_rows == 0 {
+            e.push("engine.max_batch_rows must be at least 1".to_string());
         }
         if self.engine.checkpoint_interval_secs == 0 {
             e.push("engine.checkpoint_interval_secs must be at least 1".to_string());

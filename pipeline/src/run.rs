@@ -38,6 +38,7 @@ use crate::engine::{Blame, Engine, EngineError, EngineOptions};
 use crate::ingest::{IngestState, Lag, router, serve};
 use crate::metrics::Metrics;
 use crate::wal::{CheckpointStore, Lsn, Wal, WalConfig, WalError, WalErrorDomain};
+use arrow::array::RecordBatch;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -258,6 +259,7 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
         next_sweep: Instant::now(),
         saved: consumed,
         older: consumed,
+        max_batch_rows: config.engine.max_batch_rows.max(1),
     };
     let outcome = side.follow(&stop, server).await;
     if let Some(s) = sampler {
@@ -390,6 +392,8 @@ struct EngineSide {
     saved: Lsn,
     /// Lsn of the checkpoint before it (the store keeps both).
     older: Lsn,
+    /// Pings of consecutive WAL entries the engine processes as one batch, at most.
+    max_batch_rows: usize,
 }
 
 impl EngineSide {
@@ -479,22 +483,31 @@ impl EngineSide {
     }
 
     /// Processes every WAL entry after `consumed` up to the current head, then flushes
-    /// the sinks.
+    /// the sinks. Consecutive entries go to the engine together, up to
+    /// `max_batch_rows` pings: the engine's cost is mostly per query run, and requests
+    /// are small (a phone's upload is a few pings). Their order is kept, and the
+    /// engine's clock marks late pings row by row, so the outputs are those of one
+    /// entry at a time (windows may close a batch later).
     async fn drain(&mut self) -> Result<(), RunError> {
         let mut any = false;
-        for entry in self.wal.reader(self.consumed)? {
+        let mut group: Vec<(Lsn, RecordBatch)> = Vec::new();
+        let mut rows = 0usize;
+        let mut reader = self.wal.reader(self.consumed)?.peekable();
+        while let Some(entry) = reader.next() {
             let (lsn, batch) = entry?;
-            match self.engine.process(&batch).await {
-                Ok(()) => {}
-                // A query failed on this batch's data: set the batch aside rather than
-                // stop (a restart would replay it and fail again, forever).
-                Err(e @ EngineError::Query { .. }) => self.dead_letter(lsn, &batch, &e)?,
-                Err(e) => return Err(e.into()),
+            rows += batch.num_rows();
+            group.push((lsn, batch));
+            let next_fits = match reader.peek() {
+                Some(Ok((_, next))) => rows + next.num_rows() <= self.max_batch_rows,
+                // An error is returned by the next `next()`, after this group.
+                Some(Err(_)) | None => false,
+            };
+            if next_fits {
+                continue;
             }
-            self.metrics.record_engine(&self.engine);
-            self.metrics.batch_processed(&batch);
-            self.consumed = lsn;
-            self.progress.send_replace(lsn);
+            self.process_group(&group).await?;
+            group.clear();
+            rows = 0;
             any = true;
             // A long backlog (a restart, an outage caught up) is checkpointed as it goes,
             // so a crash does not replay all of it again and the WAL can be truncated.
@@ -508,9 +521,54 @@ impl EngineSide {
         Ok(())
     }
 
+    /// Runs consecutive WAL entries through the engine as one batch.
+    async fn process_group(&mut self, group: &[(Lsn, RecordBatch)]) -> Result<(), RunError> {
+        let Some(&(last, _)) = group.last() else {
+            return Ok(());
+        };
+        let batch = match group {
+            [(_, one)] => one.clone(),
+            _ => {
+                let parts: Vec<&RecordBatch> = group.iter().map(|(_, b)| b).collect();
+                arrow::compute::concat_batches(&parts[0].schema(), parts)
+                    .map_err(|e| RunError::Internal(format!("joining WAL entries: {e}")))?
+            }
+        };
+        match self.engine.process(&batch).await {
+            Ok(()) => {}
+            // A query failed on this data: set the entries aside rather than stop (a
+            // restart would replay them and fail again, forever). When the failure
+            // changed nothing, only the entries it fails on are set aside.
+            Err(e @ EngineError::Query { .. }) => {
+                if group.len() > 1 && self.engine.failed_without_effect() {
+                    for (lsn, b) in group {
+                        match self.engine.process(b).await {
+                            Ok(()) => {}
+                            Err(e @ EngineError::Query { .. }) => self.dead_letter(*lsn, b, &e)?,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                } else {
+                    for (lsn, b) in group {
+                        self.dead_letter(*lsn, b, &e)?;
+                    }
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.metrics.record_engine(&self.engine);
+        for (_, b) in group {
+            self.metrics.batch_processed(b);
+        }
+        self.consumed = last;
+        self.progress.send_replace(last);
+        Ok(())
+    }
+
     /// Writes a batch a query failed on to `<wal.dir>/dead-letter/lsn-<lsn>.arrows`
     /// (Arrow IPC, readable with any Arrow tool) with the error next to it, logs it and
-    /// goes on. Queries that ran before the failing one kept their effect on this batch.
+    /// goes on. Queries that ran before the failing one kept their effect on this batch;
+    /// when they did, WAL entries processed together are each set aside with the error.
     fn dead_letter(
         &mut self,
         lsn: Lsn,

@@ -1301,6 +1301,12 @@ fn burst_of_ten_times_the_rate_is_pushed_back_with_bounded_memory() {
     fleet.load_state(&redis);
     // Small lag bounds: 429 once the engine is 20 batches (1,000 pings) behind.
     let pipeline = Pipeline::new(&redis, "", "max_lag_batches = 20\nmax_lag_rows = 1000");
+    // One request (50 pings) per engine batch: joined into batches of 8,192 (the
+    // default), the slowed engine below keeps up with the burst.
+    let text = std::fs::read_to_string(&pipeline.setup.config).unwrap();
+    assert!(text.contains("[engine]\n"), "{text}");
+    let text = text.replacen("[engine]\n", "[engine]\nmax_batch_rows = 50\n", 1);
+    std::fs::write(&pipeline.setup.config, text).unwrap();
     // A deliberately slow engine: Redis is busy (a script spinning) 30 ms out of every
     // 50, so each lookup or alert write of a batch waits up to 30 ms.
     let slow = Arc::new(AtomicBool::new(true));
