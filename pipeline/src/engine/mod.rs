@@ -486,6 +486,7 @@ impl Engine {
 
     /// Processes one batch of valid pings (schema: `ping_schema()`).
     pub async fn process(&mut self, pings: &RecordBatch) -> Result<(), EngineError> {
+        self.failed_without_effect = false;
         if pings.num_rows() == 0 {
             return Ok(());
         }
@@ -507,7 +508,6 @@ impl Engine {
             .project(&source.projection)
             .map_err(|e| EngineError::Internal(e.to_string()))?;
         let clock_before = self.clock;
-        self.failed_without_effect = false;
         let (late_mask, n_late) = if self.clock.flushed {
             let n = pings.num_rows();
             (BooleanArray::from(vec![true; n]), n as u64)
@@ -993,10 +993,17 @@ async fn accumulate(
                 h.insert(&p, w.window_index).map_err(internal)?;
             }
             while let Some((k, level, batches)) = h.take_compaction(COMPACT_FANIN) {
-                w.final_slot.set(batches);
+                w.final_slot.set(batches.clone());
                 let reduced = run(&w.reduce, task, pos).await;
                 w.final_slot.clear();
-                let reduced = reduced?;
+                let reduced = match reduced {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // The parts stay as they were: state is never dropped.
+                        h.put_back(k, level, batches);
+                        return Err(e);
+                    }
+                };
                 let one = match reduced.as_slice() {
                     [one] => one.clone(),
                     _ => arrow::compute::concat_batches(&w.partial_schema, &reduced)

@@ -303,6 +303,12 @@ impl HopState {
         None
     }
 
+    /// Returns parts [`HopState::take_compaction`] took, when their compaction failed.
+    pub fn put_back(&mut self, bucket: i64, level: u8, batches: Vec<RecordBatch>) {
+        let parts = self.buckets.entry(bucket).or_default();
+        parts.extend(batches.into_iter().map(|batch| Part { batch, level }));
+    }
+
     /// Files the result of a compaction of `bucket`'s parts of `level`.
     pub fn compacted(&mut self, bucket: i64, level: u8, batch: RecordBatch) {
         self.buckets.entry(bucket).or_default().push(Part {
@@ -541,6 +547,13 @@ mod tests {
         let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
         assert_eq!(levels, vec![2, 0, 0]);
         assert!(h.take_compaction(fanin).is_none());
+        // A failed compaction puts its parts back as they were.
+        h.insert(&partial(&[0]), 0).unwrap();
+        h.insert(&partial(&[0]), 0).unwrap();
+        let (k, level, batches) = h.take_compaction(fanin).unwrap();
+        h.put_back(k, level, batches);
+        let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
+        assert_eq!(levels, vec![2, 0, 0, 0, 0]);
     }
 }
 
