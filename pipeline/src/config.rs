@@ -245,11 +245,12 @@ mod tests {
         assert!(e.contains("sql_dirr"), "{e}");
         std::fs::write(
             &f,
-            "[replay]\nbatch_rows = 0\n[engine]\ncheckpoint_interval_secs = 0\n",
+            "[replay]\nbatch_rows = 0\n[engine]\ncheckpoint_interval_secs = 0\nmax_batch_rows = 0\n",
         )
         .unwrap();
         let e = Config::load(Some(&f), vec![]).unwrap_err();
-        assert_eq!(e.0.len(), 2, "{e}");
+        assert_eq!(e.0.len(), 3, "{e}");
+        assert!(e.to_string().contains("engine.max_batch_rows"), "{e}");
     }
 
     #[test]
