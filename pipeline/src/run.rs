@@ -534,27 +534,19 @@ impl EngineSide {
                     .map_err(|e| RunError::Internal(format!("joining WAL entries: {e}")))?
             }
         };
-        match self.engine.process(&batch).await {
-            Ok(()) => {}
-            // A query failed on this data: set the entries aside rather than stop (a
-            // restart would replay them and fail again, forever). When the failure
-            // changed nothing, only the entries it fails on are set aside.
-            Err(e @ EngineError::Query { .. }) => {
-                if group.len() > 1 && self.engine.failed_without_effect() {
-                    for (lsn, b) in group {
-                        match self.engine.process(b).await {
-                            Ok(()) => {}
-                            Err(e @ EngineError::Query { .. }) => self.dead_letter(*lsn, b, &e)?,
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                } else {
-                    for (lsn, b) in group {
-                        self.dead_letter(*lsn, b, &e)?;
-                    }
-                }
+        let result = self.engine.process(&batch).await;
+        // When a query failed without effect, only the entries it fails on alone are
+        // set aside.
+        if matches!(result, Err(EngineError::Query { .. }))
+            && group.len() > 1
+            && self.engine.failed_without_effect()
+        {
+            for entry in group {
+                let result = self.engine.process(&entry.1).await;
+                self.set_aside_on_query_error(result, std::slice::from_ref(entry))?;
             }
-            Err(e) => return Err(e.into()),
+        } else {
+            self.set_aside_on_query_error(result, group)?;
         }
         self.metrics.record_engine(&self.engine);
         for (_, b) in group {
@@ -563,6 +555,26 @@ impl EngineSide {
         self.consumed = last;
         self.progress.send_replace(last);
         Ok(())
+    }
+
+    /// The outcome of processing `entries` (together): when a query failed on their
+    /// data, they are set aside rather than stopping the pipeline (a restart would
+    /// replay them and fail again, forever).
+    fn set_aside_on_query_error(
+        &mut self,
+        result: Result<(), EngineError>,
+        entries: &[(Lsn, RecordBatch)],
+    ) -> Result<(), RunError> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(e @ EngineError::Query { .. }) => {
+                for (lsn, b) in entries {
+                    self.dead_letter(*lsn, b, &e)?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Writes a batch a query failed on to `<wal.dir>/dead-letter/lsn-<lsn>.arrows`

@@ -235,8 +235,18 @@ impl Engine {
     }
 }
 
+type IpcReader<'a> = StreamReader<std::io::Cursor<&'a [u8]>>;
+
+fn open_ipc(bytes: &[u8]) -> Result<IpcReader<'_>, EngineError> {
+    StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(bad)
+}
+
 fn read_ipc(bytes: &[u8], schema: &SchemaRef) -> Result<Vec<RecordBatch>, EngineError> {
-    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(bad)?;
+    read_all(open_ipc(bytes)?, schema)
+}
+
+/// Every batch of `reader`, whose schema must be `schema`'s.
+fn read_all(reader: IpcReader<'_>, schema: &SchemaRef) -> Result<Vec<RecordBatch>, EngineError> {
     if reader.schema().fields() != schema.fields() {
         return Err(bad("window state schema differs from this pipeline's"));
     }
@@ -252,7 +262,7 @@ fn read_hop_ipc(
     schema: &SchemaRef,
     window_index: usize,
 ) -> Result<Vec<RecordBatch>, EngineError> {
-    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(bad)?;
+    let reader = open_ipc(bytes)?;
     let stored = reader.schema();
     let same = |i: usize| stored.fields().get(i) == schema.fields().get(i);
     let struct_key = stored.fields().len() == schema.fields().len()
@@ -262,7 +272,7 @@ fn read_hop_ipc(
             .get(window_index)
             .is_some_and(|f| *f.data_type() == super::window::window_type());
     if !struct_key {
-        return read_ipc(bytes, schema);
+        return read_all(reader, schema);
     }
     let mut batches = reader.collect::<Result<Vec<_>, _>>().map_err(bad)?;
     for b in &mut batches {

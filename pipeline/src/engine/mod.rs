@@ -963,14 +963,11 @@ async fn accumulate(
         let ts = window::ts_values(b.column(w.ts_index).as_ref()).map_err(internal)?;
         let key = match w.spec {
             // The slide bucket's start (see `window::key_type`).
-            WindowSpec::Hop { slide_ms, .. } => {
-                let starts: Vec<i64> = ts
-                    .iter()
+            WindowSpec::Hop { slide_ms, .. } => window::hop_keys(
+                ts.iter()
                     .map(|t| t.div_euclid(slide_ms) * slide_ms)
-                    .collect();
-                Arc::new(TimestampMillisecondArray::from(starts).with_timezone(window::TZ))
-                    as ArrayRef
-            }
+                    .collect(),
+            ),
             // Filled in when the session closes.
             WindowSpec::Session { .. } => window::window_array(ts.clone(), ts.clone()),
         };

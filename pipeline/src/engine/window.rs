@@ -1,11 +1,12 @@
 //! Window functions (`tumble`, `hop`, `session` in `GROUP BY`) and window state.
 //!
 //! The functions only mark the window in a query: the planner replaces them by a
-//! `window` struct column `{start, end}` (timestamps, ms, UTC) that the engine fills in.
-//! Hop/tumble state is per-slide partial aggregates (DataFusion `AggregateMode::Partial`
-//! output) keyed by slide bucket; a window is emitted by feeding the partials of its
-//! buckets to the `Final` aggregate. Session state is the windowed query's input rows,
-//! sessionized per key when the watermark may have closed one.
+//! window key column the engine fills in ([`key_type`]; the query sees a `window` struct
+//! `{start, end}`, timestamps, ms, UTC). Hop/tumble state is per-slide partial
+//! aggregates (DataFusion `AggregateMode::Partial` output) keyed by slide bucket and
+//! compacted tiered; a window is emitted by feeding the partials of its buckets to the
+//! `Final` aggregate. Session state is the windowed query's input rows, sessionized per
+//! key when the watermark may have closed one.
 
 use arrow::array::{
     Array, ArrayRef, BooleanArray, RecordBatch, StructArray, TimestampMillisecondArray, UInt32Array,
@@ -54,9 +55,14 @@ pub fn key_type(spec: WindowSpec) -> DataType {
     }
 }
 
-/// A hop key column (window starts, ms) of `rows` copies of `start`.
+/// A hop key column: window (or slide) starts, ms.
+pub fn hop_keys(starts: Vec<i64>) -> ArrayRef {
+    Arc::new(TimestampMillisecondArray::from(starts).with_timezone(TZ))
+}
+
+/// A hop key column of `rows` copies of `start`.
 pub fn hop_key(start: i64, rows: usize) -> ArrayRef {
-    Arc::new(TimestampMillisecondArray::from(vec![start; rows]).with_timezone(TZ))
+    hop_keys(vec![start; rows])
 }
 
 /// The `window` column of hop windows `width` wide from their key column (starts).
@@ -218,15 +224,6 @@ pub fn with_column(
     RecordBatch::try_new(batch.schema(), cols)
 }
 
-/// Start values (ms) of a hop key column, or of a `window` struct column.
-pub fn window_starts(col: &dyn Array) -> Option<&TimestampMillisecondArray> {
-    let col = match col.as_any().downcast_ref::<StructArray>() {
-        Some(s) => s.column(0).as_ref(),
-        None => col,
-    };
-    col.as_any().downcast_ref::<TimestampMillisecondArray>()
-}
-
 /// One partial-state batch of a slide bucket.
 #[derive(Debug, Clone)]
 pub struct Part {
@@ -254,7 +251,7 @@ impl HopState {
         let starts = partial
             .columns()
             .get(window_col)
-            .and_then(|c| window_starts(c.as_ref()))
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
             .ok_or("partial state has no window column")?;
         let first = starts.value(0);
         if starts.values().iter().all(|v| *v == first) {
@@ -311,10 +308,7 @@ impl HopState {
 
     /// Files the result of a compaction of `bucket`'s parts of `level`.
     pub fn compacted(&mut self, bucket: i64, level: u8, batch: RecordBatch) {
-        self.buckets.entry(bucket).or_default().push(Part {
-            batch,
-            level: level.saturating_add(1),
-        });
+        self.put_back(bucket, level.saturating_add(1), vec![batch]);
     }
 
     /// Windows whose end is at or before `watermark`: `(start, partial batches)`, oldest
@@ -497,9 +491,12 @@ mod tests {
     use arrow::datatypes::Schema;
 
     fn partial(starts: &[i64]) -> RecordBatch {
-        let ends: Vec<i64> = starts.iter().map(|s| s + 60_000).collect();
-        let w = window_array(starts.to_vec(), ends);
-        let schema = Arc::new(Schema::new(vec![Field::new("w", window_type(), false)]));
+        let w = hop_keys(starts.to_vec());
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "w",
+            leasewatch_schemas::timestamp_type(),
+            false,
+        )]));
         RecordBatch::try_new(schema, vec![w]).unwrap()
     }
 
