@@ -126,7 +126,7 @@ const CHECKPOINT_DURATION: MetricDef = def(
     "leasewatch_wal_checkpoint_duration_seconds",
     H,
     &[],
-    "Time to snapshot engine state and make the checkpoint durable.",
+    "Time from the snapshot of engine state to the checkpoint being durable (written in the background while the engine goes on).",
 );
 const QUEUE_MESSAGES: MetricDef = def(
     "leasewatch_queue_messages",

@@ -15,9 +15,12 @@
 //! While running, the engine processes every WAL entry after the one it consumed last,
 //! flushes its sinks, and reports its progress to ingest (backpressure) and metrics.
 //! Every `engine.checkpoint_interval_secs` (also in the middle of a long backlog) it
-//! flushes the sinks, saves a checkpoint of its state at the consumed lsn, and deletes WAL
-//! segments the *previous* checkpoint no longer needs (so the fallback checkpoint the
-//! store keeps stays usable). A checkpoint the disk refuses (full) is retried at the next
+//! flushes the sinks and takes a snapshot of its state at the consumed lsn, which a
+//! thread of its own writes to the checkpoint store while the engine goes on (the state
+//! batches are shared, not copied: the engine pauses only for the snapshot). Once that
+//! checkpoint is durable, WAL segments the *previous* checkpoint no longer needs are
+//! deleted (so the fallback checkpoint the store keeps stays usable). One checkpoint is
+//! written at a time. A checkpoint the disk refuses (full) is retried at the next
 //! interval instead of stopping the pipeline.
 //!
 //! SIGTERM / SIGINT: ingest stops accepting and finishes the requests in flight (each
@@ -260,6 +263,7 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
         saved: consumed,
         older: consumed,
         max_batch_rows: config.engine.max_batch_rows.max(1),
+        writing: None,
     };
     let outcome = side.follow(&stop, server).await;
     if let Some(s) = sampler {
@@ -276,6 +280,7 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
         Ok(()) => {
             // Ingest has stopped: everything acknowledged is in the WAL.
             side.drain().await?;
+            side.finish_checkpoint(true)?;
             side.checkpoint()?;
             eprintln!("stopped; checkpoint at lsn {}", side.consumed);
             Ok(())
@@ -394,6 +399,15 @@ struct EngineSide {
     older: Lsn,
     /// Pings of consecutive WAL entries the engine processes as one batch, at most.
     max_batch_rows: usize,
+    /// The checkpoint being written in the background, if any.
+    writing: Option<Writing>,
+}
+
+/// A checkpoint a thread is writing.
+struct Writing {
+    lsn: Lsn,
+    started: Instant,
+    thread: std::thread::JoinHandle<Result<(), WalError>>,
 }
 
 impl EngineSide {
@@ -427,11 +441,16 @@ impl EngineSide {
         loop {
             head.borrow_and_update();
             self.drain().await?;
+            self.finish_checkpoint(false)?;
             if self.last_checkpoint.elapsed() >= self.interval {
                 self.periodic_checkpoint()?;
             }
             self.sweep_if_due().await?;
             let mut due = self.last_checkpoint + self.interval;
+            if self.writing.is_some() {
+                // Look again soon: its WAL truncation waits for it.
+                due = due.min(Instant::now() + CHECKPOINT_POLL);
+            }
             if self.sweep_every.is_some() && self.engine.has_sweep() {
                 due = due.min(self.next_sweep);
             }
@@ -511,6 +530,7 @@ impl EngineSide {
             any = true;
             // A long backlog (a restart, an outage caught up) is checkpointed as it goes,
             // so a crash does not replay all of it again and the WAL can be truncated.
+            self.finish_checkpoint(false)?;
             if self.last_checkpoint.elapsed() >= self.interval {
                 self.periodic_checkpoint()?;
             }
@@ -604,36 +624,88 @@ impl EngineSide {
         Ok(())
     }
 
-    /// [`EngineSide::checkpoint`], where a disk that refuses it (full, I/O error) is not
-    /// fatal: the checkpoint is tried again at the next interval. Nothing is lost
+    /// Starts a checkpoint at `consumed` in the background: flushes the sinks and takes
+    /// a snapshot of the engine's state, which a thread writes to the store. With one
+    /// still being written, waits for the next call.
+    fn periodic_checkpoint(&mut self) -> Result<(), RunError> {
+        if self.writing.is_some() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.engine.commit()?;
+        let snapshot = self.engine.snapshot()?;
+        let (store, lsn) = (self.store.clone(), self.consumed);
+        let thread = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                store
+                    .save_with(lsn, |w| snapshot.write(w).map_err(std::io::Error::other))
+                    .map(|_| ())
+            })
+            .map_err(|e| RunError::io("starting the checkpoint thread", e))?;
+        self.writing = Some(Writing {
+            lsn,
+            started,
+            thread,
+        });
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Completes the background checkpoint once it is written (`wait`: waits for it):
+    /// records it and truncates the WAL. A disk that refused it (full, I/O error) is
+    /// not fatal: the checkpoint is tried again at the next interval. Nothing is lost
     /// meanwhile: the checkpoints already saved and every WAL entry after the older one
     /// stay, and ingest answers 503 by itself while the WAL cannot be written either.
-    fn periodic_checkpoint(&mut self) -> Result<(), RunError> {
-        match self.checkpoint() {
-            Err(RunError::Wal(e)) if e.domain() == WalErrorDomain::External => {
+    fn finish_checkpoint(&mut self, wait: bool) -> Result<(), RunError> {
+        match &self.writing {
+            Some(w) if wait || w.thread.is_finished() => {}
+            _ => return Ok(()),
+        }
+        let Some(Writing {
+            lsn,
+            started,
+            thread,
+        }) = self.writing.take()
+        else {
+            return Ok(());
+        };
+        let result = thread
+            .join()
+            .map_err(|_| RunError::Internal("the checkpoint thread panicked".into()))?;
+        match result {
+            Ok(()) => self.saved_checkpoint(lsn, started),
+            Err(e) if e.domain() == WalErrorDomain::External => {
                 eprintln!(
-                    "checkpoint at lsn {} failed, trying again in {:?}: {e}",
-                    self.consumed, self.interval
+                    "checkpoint at lsn {lsn} failed, trying again in {:?}: {e}",
+                    self.interval
                 );
-                self.last_checkpoint = Instant::now();
                 Ok(())
             }
-            other => other,
+            Err(e) => Err(e.into()),
         }
     }
 
-    /// Flushes the sinks, saves a checkpoint at `consumed`, then deletes the WAL
-    /// segments that neither kept checkpoint needs.
+    /// Flushes the sinks and saves a checkpoint at `consumed` on this thread (at a
+    /// stop: no background checkpoint may be in flight), then truncates the WAL.
     fn checkpoint(&mut self) -> Result<(), RunError> {
-        let t = Instant::now();
+        let started = Instant::now();
         self.engine.commit()?;
-        let state = self.engine.checkpoint()?;
-        self.store.save(self.consumed, &state)?;
-        self.metrics.checkpoint_saved(t.elapsed());
+        let snapshot = self.engine.snapshot()?;
+        self.store.save_with(self.consumed, |w| {
+            snapshot.write(w).map_err(std::io::Error::other)
+        })?;
         self.last_checkpoint = Instant::now();
-        if self.consumed != self.saved {
+        self.saved_checkpoint(self.consumed, started)
+    }
+
+    /// Records the durable checkpoint at `lsn`, then deletes the WAL segments that
+    /// neither kept checkpoint needs.
+    fn saved_checkpoint(&mut self, lsn: Lsn, started: Instant) -> Result<(), RunError> {
+        self.metrics.checkpoint_saved(started.elapsed());
+        if lsn != self.saved {
             self.older = self.saved;
-            self.saved = self.consumed;
+            self.saved = lsn;
         }
         // The store keeps the newest two checkpoints and falls back to the older one
         // when the newest fails its checks: keep the WAL entries it needs.
@@ -641,3 +713,6 @@ impl EngineSide {
         Ok(())
     }
 }
+
+/// How often a running background checkpoint is looked at, while idle.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(200);

@@ -396,6 +396,44 @@ fn checkpoints_keep_two_and_fall_back_on_corruption() {
     assert_eq!(store.load_latest().unwrap(), Some((25, b"again".to_vec())));
 }
 
+/// Checkpoints written in the first layout (length and checksum before the state)
+/// still load, and a newer one in the current layout is preferred.
+#[test]
+fn checkpoints_of_the_first_layout_still_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (lsn, state) = (7u64, b"seven".as_slice());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&lsn.to_le_bytes());
+    crc.update(&(state.len() as u64).to_le_bytes());
+    crc.update(state);
+    let mut file = b"LWCKPT01".to_vec();
+    file.extend_from_slice(&lsn.to_le_bytes());
+    file.extend_from_slice(&(state.len() as u64).to_le_bytes());
+    file.extend_from_slice(&crc.finalize().to_le_bytes());
+    file.extend_from_slice(state);
+    let path = tmp.path().join("checkpoint-00000000000000000007.ckpt");
+    fs::write(&path, &file).unwrap();
+    let store = CheckpointStore::open(tmp.path()).unwrap();
+    assert_eq!(store.load_latest().unwrap(), Some((7, state.to_vec())));
+    // Its checksum is checked too.
+    let last = file.len() - 1;
+    file[last] ^= 1;
+    fs::write(&path, &file).unwrap();
+    assert_eq!(store.load_latest().unwrap(), None);
+    // Streamed saves load as saved.
+    let size = store
+        .save_with(9, |w| {
+            w.write_all(b"nine, ")?;
+            w.write_all(b"in parts")
+        })
+        .unwrap();
+    assert_eq!(size, 14);
+    assert_eq!(
+        store.load_latest().unwrap(),
+        Some((9, b"nine, in parts".to_vec()))
+    );
+}
+
 const CHILD_ENV: &str = "LEASEWATCH_WAL_CRASH_CHILD";
 
 /// Not a test on its own: the child process of `kill_9_loses_no_acknowledged_batch`.

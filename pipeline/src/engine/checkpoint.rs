@@ -2,8 +2,13 @@
 //!
 //! Layout: `LWCK` magic, a little-endian `u32` format version, a `u32` header length, the
 //! header (JSON: fingerprint of the SQL, clock, counters, per-query state layout), then per
-//! windowed query a `u64` length and an Arrow IPC stream of its state batches. The WAL's
+//! windowed query an Arrow IPC stream of its state batches (its end-of-stream marker ends
+//! it; version 1, still restored, put a `u64` length before each stream). The WAL's
 //! checkpoint store keeps these bytes with the WAL position they cover.
+//!
+//! Taking a checkpoint is two steps: [`Engine::snapshot`] on the engine's thread, cheap
+//! (state batches are immutable and shared, not copied), then [`Snapshot::write`]
+//! anywhere, streaming the encoded state to its destination while the engine goes on.
 
 use super::plan::{QueryKind, WindowState};
 use super::window::{HopState, Part, SessionState};
@@ -15,7 +20,9 @@ use arrow_ipc::writer::StreamWriter;
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 4] = b"LWCK";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// The version whose state streams are each preceded by their length.
+const VERSION_LENGTH_PREFIXED: u32 = 1;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
@@ -50,19 +57,65 @@ fn bad(m: impl std::fmt::Display) -> EngineError {
     EngineError::Checkpoint(m.to_string())
 }
 
+/// Writes `batches` as one Arrow IPC stream.
+fn write_ipc(
+    w: &mut dyn std::io::Write,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<(), EngineError> {
+    let mut w = StreamWriter::try_new(w, schema).map_err(encode_error)?;
+    for b in batches {
+        w.write(b).map_err(encode_error)?;
+    }
+    w.finish().map_err(encode_error)
+}
+
+fn encode_error(e: arrow::error::ArrowError) -> EngineError {
+    match e {
+        arrow::error::ArrowError::IoError(m, _) => EngineError::Checkpoint(m),
+        e => EngineError::Internal(e.to_string()),
+    }
+}
+
+#[cfg(test)]
 fn ipc(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, EngineError> {
     let mut buf = Vec::new();
-    {
-        let mut w = StreamWriter::try_new(&mut buf, schema)
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
-        for b in batches {
-            w.write(b)
-                .map_err(|e| EngineError::Internal(e.to_string()))?;
-        }
-        w.finish()
-            .map_err(|e| EngineError::Internal(e.to_string()))?;
-    }
+    write_ipc(&mut buf, schema, batches)?;
     Ok(buf)
+}
+
+/// The engine's state at one moment, to be written out by [`Snapshot::write`].
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The JSON header.
+    header: Vec<u8>,
+    /// Per windowed query, the state batches and their schema.
+    state: Vec<(SchemaRef, Vec<RecordBatch>)>,
+}
+
+impl Snapshot {
+    /// Writes the checkpoint bytes to `w`, encoding the state as it goes.
+    pub fn write(&self, w: &mut dyn std::io::Write) -> Result<(), EngineError> {
+        let io = |e: std::io::Error| EngineError::Checkpoint(e.to_string());
+        w.write_all(MAGIC).map_err(io)?;
+        w.write_all(&VERSION.to_le_bytes()).map_err(io)?;
+        let len = u32::try_from(self.header.len()).map_err(bad)?;
+        w.write_all(&len.to_le_bytes()).map_err(io)?;
+        w.write_all(&self.header).map_err(io)?;
+        for (schema, batches) in &self.state {
+            write_ipc(w, schema, batches)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of state batches in memory (Arrow buffers), for logs and metrics.
+    pub fn state_bytes(&self) -> usize {
+        self.state
+            .iter()
+            .flat_map(|(_, b)| b)
+            .map(RecordBatch::get_array_memory_size)
+            .sum()
+    }
 }
 
 fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], EngineError> {
@@ -87,11 +140,19 @@ fn take_u64(bytes: &mut &[u8]) -> Result<u64, EngineError> {
 }
 
 impl Engine {
-    /// Snapshot of the engine's state (clock, counters, window state, and where each file
-    /// sink's output ends: call [`Engine::commit`] first).
+    /// The engine's state as checkpoint bytes: [`Engine::snapshot`] written to memory.
     pub fn checkpoint(&self) -> Result<Vec<u8>, EngineError> {
+        let mut out = Vec::new();
+        self.snapshot()?.write(&mut out)?;
+        Ok(out)
+    }
+
+    /// Snapshot of the engine's state (clock, counters, window state, and where each file
+    /// sink's output ends: call [`Engine::commit`] first). Cheap: the state batches are
+    /// shared, not copied; the engine may go on while the snapshot is written.
+    pub fn snapshot(&self) -> Result<Snapshot, EngineError> {
         let mut queries = Vec::new();
-        let mut blobs = Vec::new();
+        let mut state = Vec::new();
         for q in &self.queries {
             match &q.kind {
                 QueryKind::PerBatch(_) => queries.push(QueryState::PerBatch),
@@ -104,13 +165,13 @@ impl Engine {
                             levels: parts().map(|p| p.level).collect(),
                         });
                         let all: Vec<RecordBatch> = parts().map(|p| p.batch.clone()).collect();
-                        blobs.push(ipc(&w.partial_schema, &all)?);
+                        state.push((w.partial_schema.clone(), all));
                     }
                     WindowState::Session(s) => {
                         queries.push(QueryState::Session {
                             next_close: s.next_close,
                         });
-                        blobs.push(ipc(&w.agg_in_schema, &s.rows)?);
+                        state.push((w.agg_in_schema.clone(), s.rows.clone()));
                     }
                 },
             }
@@ -128,18 +189,9 @@ impl Engine {
                 .filter_map(|(n, s)| s.position().map(|p| (n.clone(), p)))
                 .collect(),
         };
-        let json = serde_json::to_vec(&header).map_err(|e| EngineError::Internal(e.to_string()))?;
-        let mut out =
-            Vec::with_capacity(16 + json.len() + blobs.iter().map(Vec::len).sum::<usize>());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&u32::try_from(json.len()).map_err(bad)?.to_le_bytes());
-        out.extend_from_slice(&json);
-        for b in blobs {
-            out.extend_from_slice(&(b.len() as u64).to_le_bytes());
-            out.extend_from_slice(&b);
-        }
-        Ok(out)
+        let header =
+            serde_json::to_vec(&header).map_err(|e| EngineError::Internal(e.to_string()))?;
+        Ok(Snapshot { header, state })
     }
 
     /// Restores a [`Engine::checkpoint`] taken by an engine built from the same SQL.
@@ -150,7 +202,7 @@ impl Engine {
             return Err(bad("not a LeaseWatch engine checkpoint"));
         }
         let v = take_u32(&mut rest)?;
-        if v != VERSION {
+        if v != VERSION && v != VERSION_LENGTH_PREFIXED {
             return Err(bad(format!("format version {v}, expected {VERSION}")));
         }
         let n = take_u32(&mut rest)? as usize;
@@ -175,10 +227,10 @@ impl Engine {
                     },
                     QueryKind::Windowed(w),
                 ) => {
-                    let len = take_u64(&mut rest)? as usize;
-                    let mut batches =
-                        read_hop_ipc(take(&mut rest, len)?, &w.partial_schema, w.window_index)?
-                            .into_iter();
+                    let mut batches = with_stream(v, &mut rest, |r| {
+                        read_hop_ipc(r, &w.partial_schema, w.window_index)
+                    })?
+                    .into_iter();
                     let mut h = HopState {
                         buckets: Default::default(),
                         next_start: *next_start,
@@ -201,8 +253,7 @@ impl Engine {
                     Some(WindowState::Hop(h))
                 }
                 (QueryState::Session { next_close }, QueryKind::Windowed(w)) => {
-                    let len = take_u64(&mut rest)? as usize;
-                    let rows = read_ipc(take(&mut rest, len)?, &w.agg_in_schema)?;
+                    let rows = with_stream(v, &mut rest, |r| read_ipc(r, &w.agg_in_schema))?;
                     Some(WindowState::Session(SessionState {
                         rows,
                         next_close: *next_close,
@@ -211,6 +262,12 @@ impl Engine {
                 _ => return Err(bad("query kinds differ")),
             };
             states.push(state);
+        }
+        if !rest.is_empty() {
+            return Err(bad(format!(
+                "{} bytes after the last query's state",
+                rest.len()
+            )));
         }
         // Output written after the checkpoint is dropped: replaying the WAL from here
         // writes it again, so file sinks end up exactly as without the crash.
@@ -235,18 +292,38 @@ impl Engine {
     }
 }
 
-type IpcReader<'a> = StreamReader<std::io::Cursor<&'a [u8]>>;
-
-fn open_ipc(bytes: &[u8]) -> Result<IpcReader<'_>, EngineError> {
-    StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(bad)
+/// Reads the next query's state stream from `rest` with `read`: in version 1 a
+/// length-prefixed slice; now the stream itself, read up to its end-of-stream marker.
+fn with_stream<T>(
+    version: u32,
+    rest: &mut &[u8],
+    read: impl FnOnce(&mut &[u8]) -> Result<T, EngineError>,
+) -> Result<T, EngineError> {
+    if version == VERSION_LENGTH_PREFIXED {
+        let len = take_u64(rest)? as usize;
+        let mut stream = take(rest, len)?;
+        read(&mut stream)
+    } else {
+        read(rest)
+    }
 }
 
-fn read_ipc(bytes: &[u8], schema: &SchemaRef) -> Result<Vec<RecordBatch>, EngineError> {
+/// An IPC stream reader advancing `bytes` exactly to the end of the stream it reads.
+type IpcReader<'a, 'b> = StreamReader<&'b mut &'a [u8]>;
+
+fn open_ipc<'a, 'b>(bytes: &'b mut &'a [u8]) -> Result<IpcReader<'a, 'b>, EngineError> {
+    StreamReader::try_new(bytes, None).map_err(bad)
+}
+
+fn read_ipc(bytes: &mut &[u8], schema: &SchemaRef) -> Result<Vec<RecordBatch>, EngineError> {
     read_all(open_ipc(bytes)?, schema)
 }
 
 /// Every batch of `reader`, whose schema must be `schema`'s.
-fn read_all(reader: IpcReader<'_>, schema: &SchemaRef) -> Result<Vec<RecordBatch>, EngineError> {
+fn read_all(
+    reader: IpcReader<'_, '_>,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>, EngineError> {
     if reader.schema().fields() != schema.fields() {
         return Err(bad("window state schema differs from this pipeline's"));
     }
@@ -258,7 +335,7 @@ fn read_all(reader: IpcReader<'_>, schema: &SchemaRef) -> Result<Vec<RecordBatch
 /// keyed by their start (`window::key_type`), whose key column (`window_index`) is the
 /// `window` struct: its start is the key.
 fn read_hop_ipc(
-    bytes: &[u8],
+    bytes: &mut &[u8],
     schema: &SchemaRef,
     window_index: usize,
 ) -> Result<Vec<RecordBatch>, EngineError> {
@@ -306,6 +383,45 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
     use std::sync::Arc;
 
+    /// State streams follow one another: read up to each one's end-of-stream marker,
+    /// or, in version 1, each within the length before it.
+    #[test]
+    fn state_streams_are_read_one_after_another_in_both_versions() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+        let batch = |v: Vec<i64>| {
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(v))]).unwrap()
+        };
+        let first = vec![batch(vec![1, 2]), batch(vec![3])];
+        let second: Vec<RecordBatch> = Vec::new();
+        let third = vec![batch(vec![4])];
+        let streams = [&first, &second, &third];
+        let (mut current, mut v1) = (Vec::new(), Vec::new());
+        for batches in streams {
+            let bytes = ipc(&schema, batches).unwrap();
+            current.extend_from_slice(&bytes);
+            v1.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            v1.extend_from_slice(&bytes);
+        }
+        for (version, bytes) in [(VERSION, current), (VERSION_LENGTH_PREFIXED, v1)] {
+            let mut rest = bytes.as_slice();
+            for batches in streams {
+                let got = with_stream(version, &mut rest, |r| read_ipc(r, &schema)).unwrap();
+                assert_eq!(&got, batches, "version {version}");
+            }
+            assert!(
+                rest.is_empty(),
+                "version {version}: {} bytes left",
+                rest.len()
+            );
+            // Cut short: an error, not fewer batches.
+            let mut cut = &bytes[..bytes.len() - 1];
+            let all = (0..3).try_for_each(|_| {
+                with_stream(version, &mut cut, |r| read_ipc(r, &schema)).map(|_| ())
+            });
+            assert!(all.is_err(), "version {version}");
+        }
+    }
+
     /// Hop state saved when its key was the `window` struct restores keyed by start.
     #[test]
     fn hop_state_with_a_struct_key_restores_keyed_by_its_start() {
@@ -328,7 +444,7 @@ mod tests {
         )
         .unwrap();
         let bytes = ipc(&old, &[saved]).unwrap();
-        let got = read_hop_ipc(&bytes, &new, 0).unwrap();
+        let got = read_hop_ipc(&mut bytes.as_slice(), &new, 0).unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].schema(), new);
         let starts = got[0]
@@ -344,8 +460,11 @@ mod tests {
         // State of the current layout reads as it is; another layout is refused.
         let current = RecordBatch::try_new(new.clone(), vec![hop_key(0, 2), counts]).unwrap();
         let bytes = ipc(&new, std::slice::from_ref(&current)).unwrap();
-        assert_eq!(read_hop_ipc(&bytes, &new, 0).unwrap(), vec![current]);
+        assert_eq!(
+            read_hop_ipc(&mut bytes.as_slice(), &new, 0).unwrap(),
+            vec![current]
+        );
         let other = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
-        assert!(read_hop_ipc(&bytes, &other, 0).is_err());
+        assert!(read_hop_ipc(&mut bytes.as_slice(), &other, 0).is_err());
     }
 }

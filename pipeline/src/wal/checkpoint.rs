@@ -1,19 +1,28 @@
 //! Checkpoint store: the engine's serialized state with the WAL lsn it covers.
 //!
 //! A checkpoint file `checkpoint-{lsn:020}.ckpt` is
-//! `"LWCKPT01" | lsn: u64 | len: u64 | crc32(lsn, len, state): u32 | state`. It is written
-//! to a temporary file, fsynced, renamed into place and the directory fsynced, so a
-//! crash leaves either the old or the new checkpoint, never a half one. The last two
-//! are kept: a latest one that fails its checks is set aside and the previous loaded.
+//! `"LWCKPT02" | lsn: u64 | state | len: u64 | crc32(lsn, state, len): u32`: the length
+//! and checksum trail the state, so a state of any size is streamed to the file as it is
+//! encoded, never held whole in memory. Files of the first layout,
+//! `"LWCKPT01" | lsn | len | crc32(lsn, len, state) | state`, still load. A checkpoint is
+//! written to a temporary file, fsynced, renamed into place and the directory fsynced,
+//! so a crash leaves either the old or the new checkpoint, never a half one. The last
+//! two are kept: a latest one that fails its checks is set aside and the previous loaded.
 
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::segment::sync_dir;
 use super::{Lsn, WalError};
 
-const MAGIC: &[u8; 8] = b"LWCKPT01";
+/// The first layout: length and checksum before the state.
+const MAGIC_V1: &[u8; 8] = b"LWCKPT01";
+/// The current layout: length and checksum after the state.
+const MAGIC: &[u8; 8] = b"LWCKPT02";
+/// Bytes before the state, and after it, in the current layout.
+const HEAD: usize = 16;
+const TRAILER: usize = 12;
 const PREFIX: &str = "checkpoint-";
 const SUFFIX: &str = ".ckpt";
 const KEEP: usize = 2;
@@ -33,12 +42,33 @@ fn parse_name(name: &str) -> Option<Lsn> {
     digits.parse().ok()
 }
 
-fn checksum(lsn: Lsn, state: &[u8]) -> u32 {
+/// The checksum of the first layout.
+fn checksum_v1(lsn: Lsn, state: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&lsn.to_le_bytes());
     h.update(&(state.len() as u64).to_le_bytes());
     h.update(state);
     h.finalize()
+}
+
+/// Writes the state through to the file, counting its bytes and checksumming them.
+struct StateWriter<W> {
+    inner: W,
+    len: u64,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for StateWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl CheckpointStore {
@@ -85,25 +115,52 @@ impl CheckpointStore {
     /// Durably saves `state` as the checkpoint at `lsn`, then deletes all but the
     /// newest two.
     pub fn save(&self, lsn: Lsn, state: &[u8]) -> Result<(), WalError> {
+        self.save_with(lsn, |w| w.write_all(state)).map(|_| ())
+    }
+
+    /// As [`CheckpointStore::save`], with the state written by `state` straight to the
+    /// file (buffered) rather than passed whole. Returns the state's size in bytes.
+    pub fn save_with(
+        &self,
+        lsn: Lsn,
+        state: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<u64, WalError> {
         let name = format!("{PREFIX}{lsn:020}{SUFFIX}");
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}.tmp"));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
+        let write = || -> std::io::Result<u64> {
+            let mut f = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
             f.write_all(MAGIC)?;
             f.write_all(&lsn.to_le_bytes())?;
-            f.write_all(&(state.len() as u64).to_le_bytes())?;
-            f.write_all(&checksum(lsn, state).to_le_bytes())?;
-            f.write_all(state)?;
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&lsn.to_le_bytes());
+            let mut w = StateWriter {
+                inner: f,
+                len: 0,
+                crc,
+            };
+            state(&mut w)?;
+            let StateWriter {
+                inner: mut f,
+                len,
+                mut crc,
+            } = w;
+            crc.update(&len.to_le_bytes());
+            f.write_all(&len.to_le_bytes())?;
+            f.write_all(&crc.finalize().to_le_bytes())?;
+            let f = f.into_inner().map_err(|e| e.into_error())?;
             if self.fsync {
                 f.sync_all()?;
             }
-            Ok(())
+            Ok(len)
         };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(WalError::io("write checkpoint", &tmp, e));
-        }
+        let len = match write() {
+            Ok(len) => len,
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(WalError::io("write checkpoint", &tmp, e));
+            }
+        };
         fs::rename(&tmp, &path).map_err(|e| WalError::io("rename checkpoint", &path, e))?;
         if self.fsync {
             sync_dir(&self.dir)?;
@@ -111,7 +168,7 @@ impl CheckpointStore {
         for (_, old) in self.list()?.into_iter().skip(KEEP) {
             fs::remove_file(&old).map_err(|e| WalError::io("delete checkpoint", &old, e))?;
         }
-        Ok(())
+        Ok(len)
     }
 
     /// The newest checkpoint that passes its checks, as `(lsn, state)`; None when
@@ -143,32 +200,53 @@ fn read_checkpoint(path: &Path, lsn: Lsn) -> Result<Vec<u8>, Invalid> {
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(Invalid::Io)?;
-    if bytes.len() < 28 || &bytes[..8] != MAGIC {
-        return Err(Invalid::Bad("bad header".to_string()));
-    }
     let word = |at: usize| -> u64 {
         let mut x = [0u8; 8];
         x.copy_from_slice(&bytes[at..at + 8]);
         u64::from_le_bytes(x)
     };
-    let (stored_lsn, len) = (word(8), word(16));
-    let mut c = [0u8; 4];
-    c.copy_from_slice(&bytes[24..28]);
-    let crc = u32::from_le_bytes(c);
+    let crc_at = |at: usize| -> u32 {
+        let mut c = [0u8; 4];
+        c.copy_from_slice(&bytes[at..at + 4]);
+        u32::from_le_bytes(c)
+    };
+    let v1 = bytes.get(..8) == Some(MAGIC_V1.as_slice());
+    if !(v1 || bytes.get(..8) == Some(MAGIC.as_slice())) || bytes.len() < HEAD + TRAILER {
+        return Err(Invalid::Bad("bad header".to_string()));
+    }
+    let stored_lsn = word(8);
     if stored_lsn != lsn {
         return Err(Invalid::Bad(format!(
             "file name says lsn {lsn}, content {stored_lsn}"
         )));
     }
-    if (bytes.len() - 28) as u64 != len {
+    // (state range, length the file states, stored checksum)
+    let (range, len, crc) = if v1 {
+        (28..bytes.len(), word(16), crc_at(24))
+    } else {
+        let end = bytes.len() - TRAILER;
+        (HEAD..end, word(end), crc_at(end + 8))
+    };
+    if range.len() as u64 != len {
         return Err(Invalid::Bad(format!(
-            "state is {} bytes, header says {len}",
-            bytes.len() - 28
+            "state is {} bytes, the file says {len}",
+            range.len()
         )));
     }
-    let state = bytes.split_off(28);
-    if checksum(lsn, &state) != crc {
+    let state = &bytes[range.clone()];
+    let expected = if v1 {
+        checksum_v1(lsn, state)
+    } else {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&lsn.to_le_bytes());
+        h.update(state);
+        h.update(&len.to_le_bytes());
+        h.finalize()
+    };
+    if expected != crc {
         return Err(Invalid::Bad("checksum mismatch".to_string()));
     }
-    Ok(state)
+    bytes.truncate(range.end);
+    bytes.drain(..range.start);
+    Ok(bytes)
 }
