@@ -139,6 +139,11 @@ if a:
     print(f"alerts     {a['matched']:,} of {a['expected']:,} alerting devices read from the queues ({a['missing']} missing)")
     print(f"latency    ping -> queue       {lat(a['ping_to_queue'])}")
     print(f"           emitted_at - event  {lat(a['emitted_minus_event'])}")
+    per = [x["interval_alert_p99_ms"] for x in r["samples"] if x["interval_alert_p99_ms"] is not None]
+    if per:
+        over = sum(1 for v in per if v > 500)
+        print(f"           p99 per {r['samples'][0]['t_s']:.0f} s interval: median {sorted(per)[len(per) // 2]:,.1f}, "
+              f"max {max(per):,.1f} ms; over 500 ms in {over} of {len(per)} intervals")
     print(f"queues     " + ", ".join(f"{k}: {v:,}" for k, v in a["read_by_queue"].items()))
 c = r["cpu"]
 def share(s): return "-" if s is None else f"{s:.0f} s = {100 * s / (r['elapsed_s'] * c['cores']):.0f}%"
@@ -147,12 +152,12 @@ print(f"cpu        of {c['cores']} cores over {r['elapsed_s']:.0f} s: driver {sh
 m = r.get("pipeline_rss_mib")
 if m:
     print(f"rss        pipeline {m['first']:.0f} MiB at start, {m['last']:.0f} MiB at the end, max {m['max']:.0f} MiB")
-print("\n    t s   pings/s acc.  429/503  rss MiB  cpu% driver/pipeline/redis  alert p99 ms")
+print("\n    t s   pings/s acc.  429/503  rss MiB  cpu% driver/pipeline/redis  alert p99 ms: interval / so far")
 for s in r["samples"]:
     f = lambda v, fmt: "-" if v is None else format(v, fmt)
     print(f"{s['t_s']:7.0f} {s['accepted_per_s']:13,.0f} {s['refused']:8,} {f(s['pipeline_rss_mib'], '8.0f')}"
           f"  {s['driver_cpu_pct']:6.0f} / {f(s['pipeline_cpu_pct'], '5.0f')} / {f(s['redis_cpu_pct'], '4.0f')}"
-          f"        {f(s['alert_p99_ms'], '8.1f')}")
+          f"        {f(s['interval_alert_p99_ms'], '8.1f')} / {f(s['alert_p99_ms'], '8.1f')}")
 for e in r.get("error_samples", []):
     print(f"error      {e}")
 PY

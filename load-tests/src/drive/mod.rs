@@ -576,14 +576,17 @@ impl Sampler {
             if let Some(m) = rss_mib {
                 rss.push(m);
             }
-            let (expected, matched, p99) = {
+            let (expected, matched, p99, interval_p99) = {
                 let (e, m) = s.alert_progress();
-                let p = s
-                    .queues
-                    .lock()
-                    .ok()
-                    .and_then(|q| q.ping_to_queue.summary().p99_ms);
-                (e, m, p)
+                let (p, i) = match s.queues.lock() {
+                    Ok(mut q) => {
+                        let i = q.ping_to_queue_interval.summary().p99_ms;
+                        q.ping_to_queue_interval.reset();
+                        (q.ping_to_queue.summary().p99_ms, i)
+                    }
+                    Err(_) => (None, None),
+                };
+                (e, m, p, i)
             };
             let sample = Sample {
                 t_s: ctx.clock.elapsed_us() as f64 / 1e6,
@@ -591,6 +594,7 @@ impl Sampler {
                 accepted,
                 refused: refused - last_refused,
                 alert_p99_ms: p99,
+                interval_alert_p99_ms: interval_p99,
                 pipeline_rss_mib: rss_mib,
                 driver_rss_mib: stats::rss_kib("self").map(|k| k as f64 / 1024.0),
                 driver_cpu_pct: 100.0 * (cpu.driver_s - last_cpu.driver_s) / dt,
@@ -609,7 +613,11 @@ impl Sampler {
                     v.map_or("-".to_string(), |v| format!("{v:.0}{unit}"))
                 };
                 let alerts = if self.alerts {
-                    format!("{matched}/{expected} p99 {}", opt(p99, " ms"))
+                    format!(
+                        "{matched}/{expected} p99 {} (interval {})",
+                        opt(p99, " ms"),
+                        opt(interval_p99, " ms")
+                    )
                 } else {
                     "-".to_string()
                 };

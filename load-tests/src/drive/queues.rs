@@ -231,6 +231,7 @@ fn record(fleet: &Fleet, stats: &Stats, m: &Message, read_us: i64) {
     match first_of {
         Some((sent, exact)) => {
             q.ping_to_queue.record_us(read_us - sent);
+            q.ping_to_queue_interval.record_us(read_us - sent);
             q.exact += u64::from(exact);
             if let Some(us) = emitted {
                 q.emitted_minus_event.record_us(us);

@@ -83,6 +83,12 @@ impl Latency {
         let _ = self.h.record(v.min(HIST_MAX_US));
     }
 
+    /// Forgets every value (for a histogram of one interval).
+    pub fn reset(&mut self) {
+        self.h.reset();
+        self.saturated = 0;
+    }
+
     fn ms(&self, q: f64) -> Option<f64> {
         (!self.h.is_empty()).then(|| self.h.value_at_quantile(q) as f64 / 1000.0)
     }
@@ -146,6 +152,8 @@ pub struct Pending {
 pub struct QueueStats {
     /// Ping sent -> message read (µs), one per alerting device (its first message).
     pub ping_to_queue: Latency,
+    /// The same since the last sample (the sampler resets it).
+    pub ping_to_queue_interval: Latency,
     /// `emitted_at - event_time` of those messages (µs, from ms fields).
     pub emitted_minus_event: Latency,
     /// `emitted_at - event_time` of every message read (µs).
@@ -223,6 +231,7 @@ impl Stats {
             pending: Mutex::new(HashMap::new()),
             queues: Mutex::new(QueueStats {
                 ping_to_queue: Latency::new()?,
+                ping_to_queue_interval: Latency::new()?,
                 emitted_minus_event: Latency::new()?,
                 emitted_minus_event_all: Latency::new()?,
                 by_queue: BTreeMap::new(),
@@ -317,6 +326,8 @@ pub struct Sample {
     pub refused: u64,
     /// Ping-to-queue p99 so far, ms.
     pub alert_p99_ms: Option<f64>,
+    /// Ping-to-queue p99 of the alerts read in this interval, ms.
+    pub interval_alert_p99_ms: Option<f64>,
     pub pipeline_rss_mib: Option<f64>,
     pub driver_rss_mib: Option<f64>,
     /// CPU of each process over the interval, % of one core.
