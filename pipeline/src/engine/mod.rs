@@ -234,7 +234,16 @@ impl std::fmt::Debug for Engine {
 /// Compaction fan-in: this many partial-state batches of one level in a slide bucket are
 /// reduced to one (DataFusion `PartialReduce`), bounding state and final-merge work
 /// (`HopState::take_compaction`).
-const COMPACT_FANIN: usize = 16;
+const COMPACT_FANIN: window::Fanin = window::Fanin {
+    first: 16,
+    upper: 4,
+};
+
+/// Compactions of level 1 and up, per batch processed, across every windowed query.
+/// They merge parts that each hold most of the devices: every query reaches them on
+/// the same batch, and doing them all at once paused the engine for seconds (2-3 s of
+/// ping-to-queue latency at 50,000 pings/s). The others wait for the next batches.
+const UPPER_COMPACTIONS_PER_BATCH: usize = 1;
 
 impl Engine {
     /// Builds the pipeline of every `.sql` file in `dir` (sorted by name).
@@ -567,9 +576,10 @@ impl Engine {
         {
             let n = ontime.num_rows();
             slot.set(vec![ontime]);
+            let mut upper = UPPER_COMPACTIONS_PER_BATCH;
             for q in &mut self.queries {
                 if let QueryKind::Windowed(w) = &mut q.kind {
-                    accumulate(w, &self.task, &q.pos).await?;
+                    accumulate(w, &self.task, &q.pos, &mut upper).await?;
                     count(&mut self.stats, &q.name, n, &[]);
                 }
             }
@@ -951,11 +961,13 @@ async fn run(
 }
 
 /// Runs the pre-window plan on the on-time batch in the source slot and files the
-/// result as window state.
+/// result as window state, then compacts its slide buckets: every compaction due at
+/// level 0, and at most `upper` of higher levels (counted down).
 async fn accumulate(
     w: &mut Windowed,
     task: &Arc<TaskContext>,
     pos: &Pos,
+    upper: &mut usize,
 ) -> Result<(), EngineError> {
     let pre = run(&w.pre, task, pos).await?;
     let mut with_window = Vec::with_capacity(pre.len());
@@ -989,10 +1001,27 @@ async fn accumulate(
             for p in partial? {
                 h.insert(&p, w.window_index).map_err(internal)?;
             }
-            while let Some((k, level, batches)) = h.take_compaction(COMPACT_FANIN) {
+            loop {
+                let max_level = if *upper > 0 { u8::MAX } else { 0 };
+                let Some((k, level, batches)) = h.take_compaction(COMPACT_FANIN, max_level) else {
+                    break;
+                };
+                if level > 0 {
+                    *upper -= 1;
+                }
+                let started = std::time::Instant::now();
+                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
                 w.final_slot.set(batches.clone());
                 let reduced = run(&w.reduce, task, pos).await;
                 w.final_slot.clear();
+                tracing::debug!(
+                    query = %pos,
+                    bucket = k,
+                    level,
+                    rows,
+                    ms = started.elapsed().as_millis(),
+                    "compaction"
+                );
                 let reduced = match reduced {
                     Ok(r) => r,
                     Err(e) => {

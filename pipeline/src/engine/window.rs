@@ -233,6 +233,23 @@ pub struct Part {
     pub level: u8,
 }
 
+/// How many parts of one level a slide bucket compacts into one part of the next.
+#[derive(Debug, Clone, Copy)]
+pub struct Fanin {
+    /// Parts straight from batches (level 0), small and many.
+    pub first: usize,
+    /// Parts of level 1 and up. Each already holds most of the bucket's keys (at the
+    /// drive's rates, every device), so merging many of them at once is one long pause
+    /// that saves nothing later: fewer at a time keeps each compaction short.
+    pub upper: usize,
+}
+
+impl Fanin {
+    fn of(self, level: u8) -> usize {
+        if level == 0 { self.first } else { self.upper }.max(2)
+    }
+}
+
 /// Per-slide partial aggregates of a hop/tumble window.
 #[derive(Debug, Default)]
 pub struct HopState {
@@ -276,26 +293,47 @@ impl HopState {
             .push(Part { batch, level: 0 });
     }
 
-    /// The next compaction due: a bucket whose newest `fanin` parts share a level,
-    /// with those parts taken out (put the result back with [`HopState::compacted`]).
+    /// The next compaction due of a level up to `max_level`: the lowest level of a
+    /// bucket with at least its fan-in of parts, with that many of them taken out (put
+    /// the result back with [`HopState::compacted`]).
     ///
-    /// Compaction is tiered, as in a log-structured merge: `fanin` parts of one level
-    /// become one part of the next. Parts only arrive at level 0, so a bucket's levels
-    /// never rise from oldest to newest and it holds fewer than `fanin` parts of each
-    /// level. Each row is re-aggregated once per level, about log_fanin(batches) times,
-    /// whereas reducing a whole bucket whenever it grew by `fanin` batches made the
-    /// work per batch grow with the devices already in it.
-    pub fn take_compaction(&mut self, fanin: usize) -> Option<(i64, u8, Vec<RecordBatch>)> {
-        let fanin = fanin.max(2);
+    /// Compaction is tiered, as in a log-structured merge: a fan-in of parts of one
+    /// level become one part of the next, so a bucket holds fewer than a fan-in of
+    /// each level once its compactions are done (those `max_level` put off wait for a
+    /// later call). Each row is re-aggregated once per level, about log_fanin(batches)
+    /// times, whereas reducing a whole bucket whenever it grew by `fanin` batches made
+    /// the work per batch grow with the devices already in it. Parts are merged in
+    /// any order: where they sit in the bucket does not matter.
+    pub fn take_compaction(
+        &mut self,
+        fanin: Fanin,
+        max_level: u8,
+    ) -> Option<(i64, u8, Vec<RecordBatch>)> {
         for (&k, parts) in &mut self.buckets {
-            let Some(level) = parts.last().map(|p| p.level) else {
+            let top = parts
+                .iter()
+                .map(|p| p.level)
+                .max()
+                .unwrap_or(0)
+                .min(max_level);
+            let mut count = vec![0usize; usize::from(top) + 1];
+            for p in parts.iter().filter(|p| p.level <= top) {
+                count[usize::from(p.level)] += 1;
+            }
+            let Some(level) = (0..=top).find(|&l| count[usize::from(l)] >= fanin.of(l)) else {
                 continue;
             };
-            let run = parts.iter().rev().take_while(|p| p.level == level).count();
-            if run >= fanin {
-                let taken = parts.split_off(parts.len() - fanin);
-                return Some((k, level, taken.into_iter().map(|p| p.batch).collect()));
-            }
+            let n = fanin.of(level);
+            let mut taken = Vec::with_capacity(n);
+            parts.retain(|p| {
+                if taken.len() < n && p.level == level {
+                    taken.push(p.batch.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            return Some((k, level, taken));
         }
         None
     }
@@ -526,31 +564,52 @@ mod tests {
     #[test]
     fn compaction_is_tiered_by_level() {
         let mut h = HopState::default();
-        let fanin = 4;
+        let fanin = Fanin { first: 4, upper: 3 };
         let mut reductions = Vec::new();
-        // 4^2 + 2 batches into one bucket, each compaction "reducing" to one row.
-        for _ in 0..18 {
+        // 4 * 3 + 2 batches into one bucket, each compaction "reducing" to one row.
+        for _ in 0..14 {
             h.insert(&partial(&[0, 0]), 0).unwrap();
-            while let Some((k, level, batches)) = h.take_compaction(fanin) {
+            while let Some((k, level, batches)) = h.take_compaction(fanin, u8::MAX) {
                 assert_eq!(k, 0);
-                assert_eq!(batches.len(), fanin);
+                assert_eq!(batches.len(), fanin.of(level));
                 reductions.push(level);
                 h.compacted(k, level, partial(&[0]));
             }
         }
-        // Four compactions of level 0 and, after the fourth, one of level 1: not one
-        // per batch once the bucket is big.
-        assert_eq!(reductions, vec![0, 0, 0, 0, 1]);
+        // Three compactions of level 0 (4 parts each) and, after the third, one of
+        // level 1 (3 parts): not one per batch once the bucket is big.
+        assert_eq!(reductions, vec![0, 0, 0, 1]);
         let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
         assert_eq!(levels, vec![2, 0, 0]);
-        assert!(h.take_compaction(fanin).is_none());
+        assert!(h.take_compaction(fanin, u8::MAX).is_none());
         // A failed compaction puts its parts back as they were.
         h.insert(&partial(&[0]), 0).unwrap();
         h.insert(&partial(&[0]), 0).unwrap();
-        let (k, level, batches) = h.take_compaction(fanin).unwrap();
+        let (k, level, batches) = h.take_compaction(fanin, u8::MAX).unwrap();
         h.put_back(k, level, batches);
         let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
         assert_eq!(levels, vec![2, 0, 0, 0, 0]);
+        // Compactions above `max_level` wait; the parts stay where they are.
+        let (k, level, _) = h.take_compaction(fanin, u8::MAX).unwrap();
+        h.compacted(k, level, partial(&[0]));
+        for _ in 0..8 {
+            h.insert(&partial(&[0]), 0).unwrap();
+            while let Some((k, level, _)) = h.take_compaction(fanin, 0) {
+                assert_eq!(level, 0);
+                h.compacted(k, level, partial(&[0]));
+            }
+        }
+        let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
+        assert_eq!(levels, vec![2, 1, 1, 1]);
+        // Put off, they are still found once new parts sit after them.
+        h.insert(&partial(&[0]), 0).unwrap();
+        let (k, level, batches) = h.take_compaction(fanin, u8::MAX).unwrap();
+        assert_eq!((level, batches.len()), (1, 3));
+        h.compacted(k, level, partial(&[0]));
+        let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
+        assert_eq!(levels, vec![2, 0, 2]);
+        // Two of level 2 (fan-in 3): nothing more is due.
+        assert!(h.take_compaction(fanin, u8::MAX).is_none());
     }
 }
 
