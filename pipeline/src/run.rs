@@ -658,15 +658,11 @@ impl EngineSide {
     /// meanwhile: the checkpoints already saved and every WAL entry after the older one
     /// stay, and ingest answers 503 by itself while the WAL cannot be written either.
     fn finish_checkpoint(&mut self, wait: bool) -> Result<(), RunError> {
-        match &self.writing {
-            Some(w) if wait || w.thread.is_finished() => {}
-            _ => return Ok(()),
-        }
         let Some(Writing {
             lsn,
             started,
             thread,
-        }) = self.writing.take()
+        }) = self.writing.take_if(|w| wait || w.thread.is_finished())
         else {
             return Ok(());
         };

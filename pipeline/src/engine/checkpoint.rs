@@ -107,15 +107,6 @@ impl Snapshot {
         }
         Ok(())
     }
-
-    /// Bytes of state batches in memory (Arrow buffers), for logs and metrics.
-    pub fn state_bytes(&self) -> usize {
-        self.state
-            .iter()
-            .flat_map(|(_, b)| b)
-            .map(RecordBatch::get_array_memory_size)
-            .sum()
-    }
 }
 
 fn take<'a>(bytes: &mut &'a [u8], n: usize) -> Result<&'a [u8], EngineError> {
