@@ -37,6 +37,7 @@
 //! the OS had not written).
 
 use crate::config::{Config, ConfigError};
+use crate::engine::checkpoint::Snapshot;
 use crate::engine::{Blame, Engine, EngineError, EngineOptions};
 use crate::ingest::{IngestState, Lag, router, serve};
 use crate::metrics::Metrics;
@@ -187,7 +188,7 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
         // checkpoint restores it and cuts the file sinks back, instead of replaying the WAL
         // after what the crashed process had written (every row twice).
         engine.commit()?;
-        store.save(consumed, &engine.checkpoint()?)?;
+        save_snapshot(&store, consumed, &engine.snapshot()?)?;
     }
 
     let registry = prometheus::Registry::new();
@@ -637,11 +638,7 @@ impl EngineSide {
         let (store, lsn) = (self.store.clone(), self.consumed);
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
-            .spawn(move || {
-                store
-                    .save_with(lsn, |w| snapshot.write(w).map_err(std::io::Error::other))
-                    .map(|_| ())
-            })
+            .spawn(move || save_snapshot(&store, lsn, &snapshot))
             .map_err(|e| RunError::io("starting the checkpoint thread", e))?;
         self.writing = Some(Writing {
             lsn,
@@ -687,10 +684,7 @@ impl EngineSide {
     fn checkpoint(&mut self) -> Result<(), RunError> {
         let started = Instant::now();
         self.engine.commit()?;
-        let snapshot = self.engine.snapshot()?;
-        self.store.save_with(self.consumed, |w| {
-            snapshot.write(w).map_err(std::io::Error::other)
-        })?;
+        save_snapshot(&self.store, self.consumed, &self.engine.snapshot()?)?;
         self.last_checkpoint = Instant::now();
         self.saved_checkpoint(self.consumed, started)
     }
@@ -708,6 +702,13 @@ impl EngineSide {
         self.wal.truncate_before(self.older + 1)?;
         Ok(())
     }
+}
+
+/// Durably saves `snapshot` as the checkpoint at `lsn`, encoded straight into the file.
+fn save_snapshot(store: &CheckpointStore, lsn: Lsn, snapshot: &Snapshot) -> Result<(), WalError> {
+    store
+        .save_with(lsn, |w| snapshot.write(w).map_err(std::io::Error::other))
+        .map(|_| ())
 }
 
 /// How often a running background checkpoint is looked at, while idle.
