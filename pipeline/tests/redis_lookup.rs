@@ -103,12 +103,13 @@ async fn hit_miss_and_null_keys_keep_every_row() {
     // the distinct form: one state row per key with state, an index per input row
     let l2 = lookup(&server, &keys);
     let d = l2.lookup_distinct(&input).await.unwrap();
-    assert_eq!(d.state.num_rows(), 2);
-    assert_eq!(d.state.schema().field(0).name(), "key");
+    let state = d.state().unwrap();
+    assert_eq!((state.num_rows(), d.state_rows()), (2, 2));
+    assert_eq!(state.schema().field(0).name(), "key");
     let idx: Vec<Option<u32>> = d.indices.iter().collect();
     assert_eq!(idx[0], idx[4]);
     assert!(idx[0].is_some() && idx[1].is_some() && idx[2].is_none() && idx[3].is_none());
-    let k = d.state.column(0).as_string::<i32>();
+    let k = state.column(0).as_string::<i32>();
     assert_eq!(k.value(idx[1].unwrap() as usize), "d2");
 }
 

@@ -515,19 +515,20 @@ async fn join_batch(
             Err(e) => return Err(DataFusionError::External(Box::new(e))),
         }
     };
-    let state = found
-        .aligned(&table.lookup.aligned_schema())
-        .map_err(|e| DataFusionError::External(Box::new(LookupError::Internal(e.to_string()))))?;
     let missing = arrow::compute::is_null(&found.indices)?;
     let key_out = nullif(keys, &missing)?;
     let value_schema = table.lookup.aligned_schema();
     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    // Only the declared columns are gathered, each straight from the decoded rows.
     for name in &table.columns {
         if *name == table.key_column {
             columns.push(Arc::clone(&key_out));
         } else {
-            let i = value_schema.index_of(name)?;
-            columns.push(Arc::clone(state.column(i)));
+            // the state schema is the key column, then the value columns
+            let i = value_schema.index_of(name)? + 1;
+            columns.push(found.aligned_column(i).map_err(|e| {
+                DataFusionError::External(Box::new(LookupError::Internal(e.to_string())))
+            })?);
         }
     }
     let columns = columns

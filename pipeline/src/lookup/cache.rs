@@ -1,14 +1,18 @@
-//! A TTL cache of raw lookup values, bounded by bytes and entries.
+//! A TTL cache of decoded lookup rows, bounded by bytes and entries.
 //!
-//! Values are the JSON bytes read from Redis (already checked to decode), so a hit costs a
-//! reference-count increment and the per-batch decode works on one contiguous set of values.
-//! Misses are cached too ("negative" entries) with their own, shorter TTL.
+//! A value is kept as the row of the Arrow batch it was decoded into (the lookup's state
+//! schema: key, then the value columns), so a hit costs a reference-count increment and
+//! the lookup gathers hits with `interleave` instead of decoding their JSON again. Every
+//! row decoded in one batch shares that batch; the batch is freed when the last of its rows
+//! leaves the cache. Rows of one batch are inserted together with the same TTL, so they
+//! also expire together. Misses are cached too ("negative" entries) with their own,
+//! shorter TTL.
 //!
 //! Eviction is oldest-inserted first: every entry expires after its TTL anyway, so the
 //! insertion order is the age order, and a FIFO needs no bookkeeping on the read path.
 
 use super::config::CacheConfig;
-use bytes::Bytes;
+use arrow::array::RecordBatch;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,18 +20,37 @@ use std::time::{Duration, Instant};
 /// Fixed bytes charged per entry on top of key and value (map slot, queue slot, Arcs).
 pub const ENTRY_OVERHEAD: usize = 96;
 
+/// One decoded value: row `row` of `batch`.
+#[derive(Debug, Clone)]
+pub struct CachedRow {
+    /// The batch the value was decoded into, shared by every row decoded with it.
+    pub batch: Arc<RecordBatch>,
+    /// The value's row in `batch`.
+    pub row: u32,
+    /// Bytes charged for the row: its share of the batch's buffers.
+    pub bytes: usize,
+}
+
+impl PartialEq for CachedRow {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.batch, &other.batch) && self.row == other.row
+    }
+}
+
+impl Eq for CachedRow {}
+
 /// What the cache knows about a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cached {
-    /// The key's value (JSON).
-    Found(Bytes),
+    /// The key's value, decoded.
+    Found(CachedRow),
     /// The key was absent (or its value malformed) when last fetched.
     Missing,
 }
 
 #[derive(Debug)]
 struct Entry {
-    value: Option<Bytes>,
+    value: Option<CachedRow>,
     expires: Instant,
     seq: u64,
     size: usize,
@@ -79,7 +102,7 @@ impl LookupCache {
     }
 
     /// Caches `value` (`None`: a miss) for `key` from `now`.
-    pub fn insert(&mut self, key: &str, value: Option<Bytes>, now: Instant) {
+    pub fn insert(&mut self, key: &str, value: Option<CachedRow>, now: Instant) {
         if !self.enabled() {
             return;
         }
@@ -92,7 +115,7 @@ impl LookupCache {
             self.remove(key);
             return;
         }
-        let size = ENTRY_OVERHEAD + key.len() + value.as_ref().map_or(0, Bytes::len);
+        let size = ENTRY_OVERHEAD + key.len() + value.as_ref().map_or(0, |v| v.bytes);
         if size > self.max_bytes {
             self.remove(key);
             return;
@@ -160,6 +183,26 @@ impl LookupCache {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use arrow::array::Int64Array;
+
+    /// Row `row` of a shared one-column batch, charged `bytes`.
+    fn row(batch: &Arc<RecordBatch>, row: u32, bytes: usize) -> CachedRow {
+        CachedRow {
+            batch: Arc::clone(batch),
+            row,
+            bytes,
+        }
+    }
+
+    fn batch(n: i64) -> Arc<RecordBatch> {
+        Arc::new(
+            RecordBatch::try_from_iter([(
+                "v",
+                Arc::new(Int64Array::from_iter_values(0..n)) as arrow::array::ArrayRef,
+            )])
+            .unwrap(),
+        )
+    }
 
     fn cfg(max_bytes: usize, max_entries: usize) -> CacheConfig {
         CacheConfig {
@@ -174,12 +217,10 @@ mod tests {
     fn hit_miss_and_ttl() {
         let mut c = LookupCache::new(&cfg(1 << 20, 100));
         let t0 = Instant::now();
-        c.insert("a", Some(Bytes::from_static(b"{}")), t0);
+        let b = batch(1);
+        c.insert("a", Some(row(&b, 0, 8)), t0);
         c.insert("b", None, t0);
-        assert_eq!(
-            c.get("a", t0),
-            Some(Cached::Found(Bytes::from_static(b"{}")))
-        );
+        assert_eq!(c.get("a", t0), Some(Cached::Found(row(&b, 0, 8))));
         assert_eq!(c.get("b", t0), Some(Cached::Missing));
         assert_eq!(c.get("z", t0), None);
         // negative entries expire first
@@ -195,9 +236,10 @@ mod tests {
     #[test]
     fn bounded_by_entries_and_bytes() {
         let t = Instant::now();
+        let b = batch(4);
         let mut c = LookupCache::new(&cfg(1 << 20, 3));
-        for k in ["a", "b", "c", "d"] {
-            c.insert(k, Some(Bytes::from_static(b"{}")), t);
+        for (i, k) in ["a", "b", "c", "d"].into_iter().enumerate() {
+            c.insert(k, Some(row(&b, i as u32, 8)), t);
         }
         assert_eq!(c.len(), 3);
         assert_eq!(c.get("a", t), None, "oldest evicted");
@@ -205,26 +247,42 @@ mod tests {
 
         let per = ENTRY_OVERHEAD + 1 + 10;
         let mut c = LookupCache::new(&cfg(per * 2, 100));
-        for k in ["a", "b", "c"] {
-            c.insert(k, Some(Bytes::from(vec![b'x'; 10])), t);
+        for (i, k) in ["a", "b", "c"].into_iter().enumerate() {
+            c.insert(k, Some(row(&b, i as u32, 10)), t);
         }
         assert_eq!(c.len(), 2);
         assert!(c.bytes() <= per * 2);
         // a value larger than the whole cache is not cached
-        c.insert("big", Some(Bytes::from(vec![b'x'; per * 3])), t);
+        c.insert("big", Some(row(&b, 3, per * 3)), t);
         assert_eq!(c.get("big", t), None);
     }
 
     #[test]
     fn reinsert_replaces_and_compacts() {
         let t = Instant::now();
+        let b = batch(5_000);
         let mut c = LookupCache::new(&cfg(1 << 30, 10));
         for i in 0..5_000 {
-            c.insert("k", Some(Bytes::from(format!("{i}"))), t);
+            c.insert("k", Some(row(&b, i, 8)), t);
         }
         assert_eq!(c.len(), 1);
         assert!(c.order.len() < 2_100);
-        assert_eq!(c.get("k", t), Some(Cached::Found(Bytes::from("4999"))));
+        assert_eq!(c.get("k", t), Some(Cached::Found(row(&b, 4_999, 8))));
+    }
+
+    #[test]
+    fn a_decoded_batch_lives_as_long_as_its_rows() {
+        let t = Instant::now();
+        let b = batch(2);
+        let mut c = LookupCache::new(&cfg(1 << 20, 10));
+        c.insert("a", Some(row(&b, 0, 8)), t);
+        c.insert("b", Some(row(&b, 1, 8)), t);
+        assert_eq!(Arc::strong_count(&b), 3, "both rows share the batch");
+        let later = t + Duration::from_millis(1_001);
+        assert_eq!(c.get("a", later), None);
+        assert_eq!(Arc::strong_count(&b), 2);
+        c.clear();
+        assert_eq!(Arc::strong_count(&b), 1, "freed with its last row");
     }
 
     #[test]

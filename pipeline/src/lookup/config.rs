@@ -34,8 +34,9 @@ impl Default for LookupConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Upper bound of the cache's size: keys + values + a fixed per-entry overhead, bytes
-    /// (Arroyo's `lookup.cache.max_bytes`).
+    /// Upper bound of the cache's size: keys + decoded values (each row's share of the
+    /// Arrow batch it was decoded into) + a fixed per-entry overhead, bytes (Arroyo's
+    /// `lookup.cache.max_bytes`).
     pub max_bytes: usize,
     /// Upper bound of the number of cached keys.
     pub max_entries: usize,

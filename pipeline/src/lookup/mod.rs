@@ -4,11 +4,13 @@
 //! customer ids) to [`RedisLookup`]:
 //!
 //! 1. the distinct non-null keys are collected;
-//! 2. what the bounded TTL cache ([`cache`]) knows is served from it, misses included;
+//! 2. what the bounded TTL cache ([`cache`]) knows is served from it, misses included: a
+//!    hit is an already decoded row, never JSON to parse again;
 //! 3. the rest is fetched with **one** `MGET {key_prefix}{key} ...` round trip (none when
 //!    everything was cached);
-//! 4. the JSON values are decoded with arrow-json into the lookup table's Arrow schema
-//!    (e.g. [`leasewatch_schemas::lease_schema`]), once per batch for all distinct keys.
+//! 4. the fetched JSON values are decoded with arrow-json into the lookup table's Arrow
+//!    schema (e.g. [`leasewatch_schemas::lease_schema`]), one decoder for all of them, and
+//!    the decoded rows are cached.
 //!
 //! Two result shapes, pick what the join needs:
 //!
@@ -16,10 +18,12 @@
 //!   of key `i`, or all nulls when there is none). Appending its columns to the input batch
 //!   *is* the `LEFT JOIN ... ON key` (the key is the table's primary key, so the join is a
 //!   gather): no DataFusion join needed, no row ever dropped.
-//! * [`RedisLookup::lookup_distinct`]: one row per distinct key that has state (a key column
-//!   plus the state columns) and, per input row, the index of its state row (null: none).
-//!   For registering the state as a table and letting DataFusion plan the join;
-//!   [`DistinctLookup::aligned`] turns it into the first shape.
+//! * [`RedisLookup::lookup_distinct`]: where the state of each distinct key is, and per
+//!   input row the index of its key's state (null: none). [`DistinctLookup::state`] builds
+//!   one row per distinct key that has state (a key column plus the state columns), for
+//!   registering the state as a table; [`DistinctLookup::aligned_column`] gathers one
+//!   column straight into the first shape (what the engine's join does, for the columns
+//!   its query declares).
 //!
 //! Missing keys and null keys give null state. A value that is not one JSON object of the
 //! schema (malformed) gives null state too, is logged with its key and counted in
@@ -30,12 +34,13 @@
 pub mod cache;
 pub mod config;
 
-pub use cache::{Cached, LookupCache};
+pub use cache::{Cached, CachedRow, LookupCache};
 pub use config::{CacheConfig, LookupConfig};
 
 use crate::redis_client::{RedisConn, RedisError, Request, RetryCounters};
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt32Array};
 use arrow::buffer::{NullBuffer, ScalarBuffer};
+use arrow::compute::interleave;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use bytes::Bytes;
@@ -139,38 +144,90 @@ impl LookupStats {
 }
 
 /// State of the distinct keys of a batch, and where each input row's state is.
+///
+/// The state rows are not copied into one batch: each is a row of a decoded batch (cached
+/// or just fetched), gathered only for the columns asked for.
 #[derive(Debug, Clone)]
 pub struct DistinctLookup {
-    /// One row per distinct key that has state: the key column
-    /// ([`LookupConfig::key_column`], the key without prefix) then the state columns (all
-    /// nullable).
-    pub state: RecordBatch,
-    /// One entry per input row: the row of `state` holding its state, null when it has
-    /// none (null key, no such key, malformed value).
+    /// The lookup's state schema: the key column, then the value columns (all nullable).
+    schema: SchemaRef,
+    /// The batches the state rows come from, each of `schema`.
+    sources: Vec<Arc<RecordBatch>>,
+    /// One per distinct key that has state: its (source, row).
+    rows: Vec<(usize, usize)>,
+    /// One entry per input row: the index into the state rows ([`Self::state`]'s row) of
+    /// its key, null when it has none (null key, no such key, malformed value).
     pub indices: UInt32Array,
 }
 
 impl DistinctLookup {
-    /// State aligned with the input rows (without the key column): row `i` is input row
-    /// `i`'s state or nulls.
-    pub fn aligned(&self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+    /// Distinct keys that have state (rows of [`Self::state`]).
+    pub fn state_rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// One row per distinct key that has state: the key column
+    /// ([`LookupConfig::key_column`], the key without prefix) then the state columns (all
+    /// nullable). Row `r` is the state of the input rows whose [`Self::indices`] is `r`.
+    pub fn state(&self) -> Result<RecordBatch, ArrowError> {
+        let columns = (0..self.schema.fields().len())
+            .map(|c| {
+                let arrays: Vec<&dyn Array> =
+                    self.sources.iter().map(|b| b.column(c).as_ref()).collect();
+                if arrays.is_empty() {
+                    Ok(arrow::array::new_empty_array(
+                        self.schema.field(c).data_type(),
+                    ))
+                } else {
+                    interleave(&arrays, &self.rows)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        RecordBatch::try_new(Arc::clone(&self.schema), columns)
+    }
+
+    /// Column `column` of the state schema (0 is the key) aligned with the input rows: row
+    /// `i` is input row `i`'s value, or null when it has no state. One gather.
+    pub fn aligned_column(&self, column: usize) -> Result<ArrayRef, ArrowError> {
+        let field = self.schema.fields().get(column).ok_or_else(|| {
+            ArrowError::InvalidArgumentError(format!(
+                "lookup state has {} columns, asked for column {column}",
+                self.schema.fields().len()
+            ))
+        })?;
         let n = self.indices.len();
-        let columns: Vec<ArrayRef> = if self.state.num_rows() == 0 {
-            schema
-                .fields()
-                .iter()
-                .map(|f| arrow::array::new_null_array(f.data_type(), n))
-                .collect()
-        } else {
-            self.state.columns()[1..]
-                .iter()
-                .map(|c| arrow::compute::take(c.as_ref(), &self.indices, None))
-                .collect::<Result<_, _>>()?
-        };
+        if self.rows.is_empty() {
+            return Ok(arrow::array::new_null_array(field.data_type(), n));
+        }
+        let null = arrow::array::new_null_array(field.data_type(), 1);
+        let mut arrays: Vec<&dyn Array> = self
+            .sources
+            .iter()
+            .map(|b| b.column(column).as_ref())
+            .collect();
+        arrays.push(null.as_ref());
+        let null_source = (self.sources.len(), 0);
+        let picks: Vec<(usize, usize)> = self
+            .indices
+            .iter()
+            .map(|r| {
+                r.and_then(|r| self.rows.get(r as usize).copied())
+                    .unwrap_or(null_source)
+            })
+            .collect();
+        interleave(&arrays, &picks)
+    }
+
+    /// The state aligned with the input rows, without the key column (`schema`: the value
+    /// columns, all nullable): row `i` is input row `i`'s state or nulls.
+    pub fn aligned(&self, schema: &SchemaRef) -> Result<RecordBatch, ArrowError> {
+        let columns = (1..self.schema.fields().len())
+            .map(|c| self.aligned_column(c))
+            .collect::<Result<Vec<_>, _>>()?;
         RecordBatch::try_new_with_options(
             Arc::clone(schema),
             columns,
-            &arrow::array::RecordBatchOptions::new().with_row_count(Some(n)),
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(self.indices.len())),
         )
     }
 }
@@ -291,15 +348,15 @@ impl RedisLookup {
             }
         }
 
-        // 2. cache
+        // 2. cache: decoded rows for hits
         let now = Instant::now();
-        let mut values: Vec<Option<Bytes>> = vec![None; distinct.len()];
+        let mut found: Vec<Option<(Arc<RecordBatch>, u32)>> = vec![None; distinct.len()];
         let mut misses: Vec<u32> = Vec::new();
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             for (i, k) in distinct.iter().enumerate() {
                 match cache.get(k, now) {
-                    Some(Cached::Found(v)) => values[i] = Some(v),
+                    Some(Cached::Found(r)) => found[i] = Some((r.batch, r.row)),
                     Some(Cached::Missing) => {}
                     None => misses.push(i as u32),
                 }
@@ -311,54 +368,29 @@ impl RedisLookup {
             .cache_misses
             .fetch_add(misses.len() as u64, Ordering::Relaxed);
 
-        // 3. one MGET for the misses
+        // 3. one MGET for the misses, 4. one decode for what it returned, 5. cached
         if !misses.is_empty() {
-            self.fetch(&distinct, &misses, &mut values).await?;
+            self.fetch_and_decode(&distinct, &misses, now, &mut found)
+                .await?;
         }
 
-        // 4. decode all present values at once
-        let (decoded, state_row, malformed) =
-            decode_values(&self.value_schema, &values).map_err(LookupError::Internal)?;
-        for (i, reason) in &malformed {
-            stats.malformed.fetch_add(1, Ordering::Relaxed);
-            let key = distinct.get(*i).copied().unwrap_or_default();
-            tracing::warn!(
-                key = %format_args!("{}{key}", self.config.key_prefix),
-                reason = %reason,
-                "malformed lookup value: its rows get null state"
-            );
+        // 6. where each distinct key's state is, and each input row's state row
+        let mut sources: Vec<Arc<RecordBatch>> = Vec::new();
+        let mut source_of: HashMap<*const RecordBatch, usize> = HashMap::new();
+        let mut rows: Vec<(usize, usize)> = Vec::with_capacity(distinct.len());
+        let mut state_row: Vec<Option<u32>> = Vec::with_capacity(distinct.len());
+        for f in found {
+            let Some((batch, row)) = f else {
+                state_row.push(None);
+                continue;
+            };
+            let source = *source_of.entry(Arc::as_ptr(&batch)).or_insert_with(|| {
+                sources.push(Arc::clone(&batch));
+                sources.len() - 1
+            });
+            state_row.push(Some(rows.len() as u32));
+            rows.push((source, row as usize));
         }
-
-        // 5. cache what was fetched (malformed values as misses)
-        if !misses.is_empty() || !malformed.is_empty() {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            for &i in &misses {
-                let i = i as usize;
-                let v = if state_row[i].is_some() {
-                    values[i].clone()
-                } else {
-                    None
-                };
-                cache.insert(distinct[i], v, now);
-            }
-            for (i, _) in &malformed {
-                cache.insert(distinct[*i], None, now);
-            }
-        }
-
-        // 6. the state batch (key + values) and the per-row indices
-        let mut state_keys: Vec<&str> = vec![""; decoded.num_rows()];
-        for (i, r) in state_row.iter().enumerate() {
-            if let Some(r) = r {
-                state_keys[*r as usize] = distinct[i];
-            }
-        }
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(decoded.num_columns() + 1);
-        columns.push(Arc::new(StringArray::from(state_keys)));
-        columns.extend(decoded.columns().iter().cloned());
-        let state = RecordBatch::try_new(Arc::clone(&self.state_schema), columns)
-            .map_err(|e| LookupError::Internal(e.to_string()))?;
-
         let mut idx: Vec<u32> = Vec::with_capacity(row_distinct.len());
         let mut valid: Vec<bool> = Vec::with_capacity(row_distinct.len());
         for (d, ok) in row_distinct.iter().zip(&row_valid) {
@@ -374,16 +406,80 @@ impl RedisLookup {
             }
         }
         let indices = UInt32Array::new(ScalarBuffer::from(idx), Some(NullBuffer::from(valid)));
-        Ok(DistinctLookup { state, indices })
+        Ok(DistinctLookup {
+            schema: Arc::clone(&self.state_schema),
+            sources,
+            rows,
+            indices,
+        })
     }
 
-    /// One `MGET` for `distinct[misses]`, results into `values`.
+    /// Fetches `distinct[misses]` with one `MGET`, decodes the values into one batch of the
+    /// state schema, caches each key's row (or its absence), and records the rows in
+    /// `found`.
+    async fn fetch_and_decode(
+        &self,
+        distinct: &[&str],
+        misses: &[u32],
+        now: Instant,
+        found: &mut [Option<(Arc<RecordBatch>, u32)>],
+    ) -> Result<(), LookupError> {
+        let values = self.fetch(distinct, misses).await?;
+        let (decoded, decoded_row, malformed) =
+            decode_values(&self.value_schema, &values).map_err(LookupError::Internal)?;
+        for (j, reason) in &malformed {
+            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            let key = misses
+                .get(*j)
+                .and_then(|&i| distinct.get(i as usize))
+                .copied()
+                .unwrap_or_default();
+            tracing::warn!(
+                key = %format_args!("{}{key}", self.config.key_prefix),
+                reason = %reason,
+                "malformed lookup value: its rows get null state"
+            );
+        }
+
+        // the state batch: the keys, in decoded row order, then the values
+        let mut keys: Vec<&str> = vec![""; decoded.num_rows()];
+        for (&i, r) in misses.iter().zip(&decoded_row) {
+            if let Some(r) = r {
+                keys[*r as usize] = distinct[i as usize];
+            }
+        }
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(decoded.num_columns() + 1);
+        columns.push(Arc::new(StringArray::from(keys)));
+        columns.extend(decoded.columns().iter().cloned());
+        let batch = Arc::new(
+            RecordBatch::try_new(Arc::clone(&self.state_schema), columns)
+                .map_err(|e| LookupError::Internal(e.to_string()))?,
+        );
+        let row_bytes = batch.get_array_memory_size() / batch.num_rows().max(1);
+
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        for (&i, r) in misses.iter().zip(&decoded_row) {
+            let i = i as usize;
+            let row = r.map(|row| CachedRow {
+                batch: Arc::clone(&batch),
+                row,
+                bytes: row_bytes,
+            });
+            if let Some(r) = r {
+                found[i] = Some((Arc::clone(&batch), *r));
+            }
+            // absent and malformed values are cached as misses
+            cache.insert(distinct[i], row, now);
+        }
+        Ok(())
+    }
+
+    /// One `MGET` for `distinct[misses]`: the values in the order of `misses`.
     async fn fetch(
         &self,
         distinct: &[&str],
         misses: &[u32],
-        values: &mut [Option<Bytes>],
-    ) -> Result<(), LookupError> {
+    ) -> Result<Vec<Option<Bytes>>, LookupError> {
         let prefix = &self.config.key_prefix;
         let mut cmd = redis::cmd("MGET");
         let mut key = String::with_capacity(prefix.len() + 32);
@@ -408,18 +504,19 @@ impl RedisLookup {
                 reply.len()
             ))));
         }
-        let mut found = 0u64;
-        for (&i, v) in misses.iter().zip(reply) {
-            let v = match v {
+        let values: Vec<Option<Bytes>> = reply
+            .into_iter()
+            .map(|v| match v {
                 redis::Value::BulkString(b) => Some(Bytes::from(b)),
                 redis::Value::SimpleString(s) => Some(Bytes::from(s)),
                 _ => None,
-            };
-            found += u64::from(v.is_some());
-            values[i as usize] = v;
-        }
-        self.stats.keys_found.fetch_add(found, Ordering::Relaxed);
-        Ok(())
+            })
+            .collect();
+        let found = values.iter().filter(|v| v.is_some()).count();
+        self.stats
+            .keys_found
+            .fetch_add(found as u64, Ordering::Relaxed);
+        Ok(values)
     }
 }
 
@@ -585,11 +682,67 @@ mod tests {
         let mut f = vec![Field::new("key", DataType::Utf8, false)];
         f.extend(nullable(&schema()));
         let d = DistinctLookup {
-            state: RecordBatch::new_empty(Arc::new(Schema::new(f))),
+            schema: Arc::new(Schema::new(f)),
+            sources: Vec::new(),
+            rows: Vec::new(),
             indices: UInt32Array::from(vec![None, None, None]),
         };
         let b = d.aligned(&s).unwrap();
         assert_eq!(b.num_rows(), 3);
         assert_eq!(b.column(0).null_count(), 3);
+        assert_eq!(d.state().unwrap().num_rows(), 0);
+        assert!(d.aligned_column(3).is_err());
+    }
+
+    /// State rows from two decoded batches (say one cached, one just fetched): the
+    /// distinct state and the aligned columns gather the right rows, nulls included.
+    #[test]
+    fn state_rows_gather_across_batches() {
+        let mut f = vec![Field::new("key", DataType::Utf8, false)];
+        f.extend(nullable(&schema()));
+        let state_schema = Arc::new(Schema::new(f));
+        let batch = |keys: Vec<&str>, a: Vec<i64>| {
+            Arc::new(
+                RecordBatch::try_new(
+                    Arc::clone(&state_schema),
+                    vec![
+                        Arc::new(StringArray::from(keys)) as ArrayRef,
+                        Arc::new(Int64Array::from(a)),
+                        Arc::new(StringArray::from(vec![None::<&str>; 2])),
+                    ],
+                )
+                .unwrap(),
+            )
+        };
+        let old = batch(vec!["x", "y"], vec![10, 20]);
+        let new = batch(vec!["z", "w"], vec![30, 40]);
+        let d = DistinctLookup {
+            schema: Arc::clone(&state_schema),
+            sources: vec![old, new],
+            // state rows: y (old 1), z (new 0)
+            rows: vec![(0, 1), (1, 0)],
+            indices: UInt32Array::from(vec![Some(1), None, Some(0), Some(1)]),
+        };
+        let state = d.state().unwrap();
+        assert_eq!(state.num_rows(), 2);
+        assert_eq!(
+            state
+                .column(0)
+                .as_string::<i32>()
+                .iter()
+                .collect::<Vec<_>>(),
+            vec![Some("y"), Some("z")]
+        );
+        let a = d.aligned_column(1).unwrap();
+        let a = a.as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            vec![Some(30), None, Some(20), Some(30)]
+        );
+        let aligned = d
+            .aligned(&Arc::new(Schema::new(nullable(&schema()))))
+            .unwrap();
+        assert_eq!(aligned.num_rows(), 4);
+        assert_eq!(aligned.column(1).null_count(), 4);
     }
 }
