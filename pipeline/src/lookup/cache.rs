@@ -59,7 +59,7 @@ struct Entry {
 /// The cache. Not synchronised: the lookup keeps it behind a mutex held only briefly.
 #[derive(Debug)]
 pub struct LookupCache {
-    map: HashMap<Arc<str>, Entry>,
+    map: HashMap<Arc<str>, Entry, foldhash::fast::RandomState>,
     order: VecDeque<(Arc<str>, u64)>,
     bytes: usize,
     seq: u64,
@@ -73,7 +73,7 @@ impl LookupCache {
     /// An empty cache with `config`'s bounds.
     pub fn new(config: &CacheConfig) -> Self {
         Self {
-            map: HashMap::new(),
+            map: HashMap::default(),
             order: VecDeque::new(),
             bytes: 0,
             seq: 0,

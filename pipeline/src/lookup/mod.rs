@@ -326,7 +326,8 @@ impl RedisLookup {
         stats.batches.fetch_add(1, Ordering::Relaxed);
 
         // 1. distinct keys
-        let mut position: HashMap<&str, u32> = HashMap::with_capacity(keys.len().min(8192));
+        let mut position: HashMap<&str, u32, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(keys.len().min(8192), Default::default());
         let mut distinct: Vec<&str> = Vec::new();
         let mut row_distinct: Vec<u32> = Vec::with_capacity(keys.len());
         let mut row_valid: Vec<bool> = Vec::with_capacity(keys.len());
