@@ -289,6 +289,24 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     }
 }
 
+/// How much lower than the rest of the process the ingest threads run (nice).
+///
+/// The engine is one thread: every ping goes through it, so when the cores are busy it
+/// sets the throughput. Ingest scales out and is held back anyway once the engine lags
+/// (429/503), so under contention the engine should win. With +5 an ingest thread weighs
+/// about a third of the engine thread in the kernel's scheduler.
+const INGEST_NICE: i32 = 5;
+
+/// Sets the calling (ingest) thread's nice value to `nice`; on Linux a nice value is per
+/// thread. The value is absolute, not relative: a thread that the pool starts from an
+/// ingest thread has already inherited the lowered value. Failing (e.g. a sandbox that
+/// forbids it) only costs throughput.
+fn set_ingest_priority(nice: i32) {
+    if let Err(e) = rustix::process::setpriority_process(None, nice) {
+        tracing::debug!(error = %e, "could not lower the ingest thread's priority");
+    }
+}
+
 /// The multi-threaded runtime the HTTP ingest server runs on, apart from the engine's.
 /// Dropping it stops what still runs on it without waiting (the server has finished by
 /// then, unless `run` is failing).
@@ -299,9 +317,16 @@ struct IngestRuntime {
 
 impl IngestRuntime {
     fn new() -> Result<Self, RunError> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let nice = rustix::process::getpriority_process(None).unwrap_or(0);
+        let ingest_nice = (nice + INGEST_NICE).min(19);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            // Large bodies are decoded on the blocking pool: one thread per core is as
+            // fast, and 64 concurrent decodes would crowd out the engine thread.
+            .max_blocking_threads(cores)
             .thread_name("ingest")
+            .on_thread_start(move || set_ingest_priority(ingest_nice))
             .enable_all()
             .build()
             .map_err(|e| RunError::io("starting the ingest runtime", e))?;
