@@ -377,7 +377,8 @@ impl RedisLookup {
 
         // 6. where each distinct key's state is, and each input row's state row
         let mut sources: Vec<Arc<RecordBatch>> = Vec::new();
-        let mut source_of: HashMap<*const RecordBatch, usize> = HashMap::new();
+        let mut source_of: HashMap<*const RecordBatch, usize, foldhash::fast::RandomState> =
+            HashMap::default();
         let mut rows: Vec<(usize, usize)> = Vec::with_capacity(distinct.len());
         let mut state_row: Vec<Option<u32>> = Vec::with_capacity(distinct.len());
         for f in found {
