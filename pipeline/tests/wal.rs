@@ -434,6 +434,26 @@ fn checkpoints_of_the_first_layout_still_load() {
     );
 }
 
+/// A checkpoint synced in slices as it is written (here every 1,000 bytes, through the
+/// 1 MiB write buffer and around it) loads as saved.
+#[test]
+fn checkpoints_synced_in_slices_load_as_saved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = CheckpointStore::open(tmp.path())
+        .unwrap()
+        .with_sync_slice(1_000);
+    let state: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let size = store
+        .save_with(11, |w| {
+            w.write_all(&state[..10])?;
+            w.write_all(&state[10..2_500_000])?;
+            w.write_all(&state[2_500_000..])
+        })
+        .unwrap();
+    assert_eq!(size, 3_000_000);
+    assert_eq!(store.load_latest().unwrap(), Some((11, state)));
+}
+
 const CHILD_ENV: &str = "LEASEWATCH_WAL_CRASH_CHILD";
 
 /// Not a test on its own: the child process of `kill_9_loses_no_acknowledged_batch`.
