@@ -245,6 +245,15 @@ const COMPACT_FANIN: window::Fanin = window::Fanin {
 /// ping-to-queue latency at 50,000 pings/s). The others wait for the next batches.
 const UPPER_COMPACTIONS_PER_BATCH: usize = 1;
 
+/// The highest level of the parts a compaction merges (into one part of the next level).
+/// A part of level 5 holds 16·4⁴ = 4,096 batches and, at any volume where compaction
+/// matters, nearly every device of its bucket: merging such parts barely reduces rows,
+/// and for list-valued partial state (`max_speed_kmh`'s fixes) not at all, while one
+/// merge of four of them took 7.5 s and 2 GB at 100,000 pings/s (the 5-minute drive in
+/// `load-tests/README.md`). Parts of level 5 wait for the window's final merge, which
+/// reads every part once anyway.
+const MAX_COMPACTION_LEVEL: u8 = 4;
+
 impl Engine {
     /// Builds the pipeline of every `.sql` file in `dir` (sorted by name).
     pub async fn from_dir(dir: &Path, options: &EngineOptions) -> Result<Self, EngineError> {
@@ -1002,7 +1011,7 @@ async fn accumulate(
                 h.insert(&p, w.window_index).map_err(internal)?;
             }
             loop {
-                let max_level = if *upper > 0 { u8::MAX } else { 0 };
+                let max_level = if *upper > 0 { MAX_COMPACTION_LEVEL } else { 0 };
                 let Some((k, level, batches)) = h.take_compaction(COMPACT_FANIN, max_level) else {
                     break;
                 };
