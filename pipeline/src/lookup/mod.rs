@@ -158,9 +158,36 @@ pub struct DistinctLookup {
     /// One entry per input row: the index into the state rows ([`Self::state`]'s row) of
     /// its key, null when it has none (null key, no such key, malformed value).
     pub indices: UInt32Array,
+    /// Per input row, where [`Self::aligned_column`] gathers from: its (source, row), or
+    /// `(sources.len(), 0)`, the one-row null array appended for rows without state.
+    /// Worked out once, shared by every column gathered.
+    picks: Vec<(usize, usize)>,
 }
 
 impl DistinctLookup {
+    fn new(
+        schema: SchemaRef,
+        sources: Vec<Arc<RecordBatch>>,
+        rows: Vec<(usize, usize)>,
+        indices: UInt32Array,
+    ) -> Self {
+        let null_source = (sources.len(), 0);
+        let picks = indices
+            .iter()
+            .map(|r| {
+                r.and_then(|r| rows.get(r as usize).copied())
+                    .unwrap_or(null_source)
+            })
+            .collect();
+        Self {
+            schema,
+            sources,
+            rows,
+            indices,
+            picks,
+        }
+    }
+
     /// Distinct keys that have state (rows of [`Self::state`]).
     pub fn state_rows(&self) -> usize {
         self.rows.len()
@@ -206,16 +233,7 @@ impl DistinctLookup {
             .map(|b| b.column(column).as_ref())
             .collect();
         arrays.push(null.as_ref());
-        let null_source = (self.sources.len(), 0);
-        let picks: Vec<(usize, usize)> = self
-            .indices
-            .iter()
-            .map(|r| {
-                r.and_then(|r| self.rows.get(r as usize).copied())
-                    .unwrap_or(null_source)
-            })
-            .collect();
-        interleave(&arrays, &picks)
+        interleave(&arrays, &self.picks)
     }
 
     /// The state aligned with the input rows, without the key column (`schema`: the value
@@ -408,12 +426,12 @@ impl RedisLookup {
             }
         }
         let indices = UInt32Array::new(ScalarBuffer::from(idx), Some(NullBuffer::from(valid)));
-        Ok(DistinctLookup {
-            schema: Arc::clone(&self.state_schema),
+        Ok(DistinctLookup::new(
+            Arc::clone(&self.state_schema),
             sources,
             rows,
             indices,
-        })
+        ))
     }
 
     /// Fetches `distinct[misses]` with one `MGET`, decodes the values into one batch of the
@@ -683,12 +701,12 @@ mod tests {
         let s = Arc::new(Schema::new(nullable(&schema())));
         let mut f = vec![Field::new("key", DataType::Utf8, false)];
         f.extend(nullable(&schema()));
-        let d = DistinctLookup {
-            schema: Arc::new(Schema::new(f)),
-            sources: Vec::new(),
-            rows: Vec::new(),
-            indices: UInt32Array::from(vec![None, None, None]),
-        };
+        let d = DistinctLookup::new(
+            Arc::new(Schema::new(f)),
+            Vec::new(),
+            Vec::new(),
+            UInt32Array::from(vec![None, None, None]),
+        );
         let b = d.aligned(&s).unwrap();
         assert_eq!(b.num_rows(), 3);
         assert_eq!(b.column(0).null_count(), 3);
@@ -718,13 +736,13 @@ mod tests {
         };
         let old = batch(vec!["x", "y"], vec![10, 20]);
         let new = batch(vec!["z", "w"], vec![30, 40]);
-        let d = DistinctLookup {
-            schema: Arc::clone(&state_schema),
-            sources: vec![old, new],
+        let d = DistinctLookup::new(
+            Arc::clone(&state_schema),
+            vec![old, new],
             // state rows: y (old 1), z (new 0)
-            rows: vec![(0, 1), (1, 0)],
-            indices: UInt32Array::from(vec![Some(1), None, Some(0), Some(1)]),
-        };
+            vec![(0, 1), (1, 0)],
+            UInt32Array::from(vec![Some(1), None, Some(0), Some(1)]),
+        );
         let state = d.state().unwrap();
         assert_eq!(state.num_rows(), 2);
         assert_eq!(
