@@ -2,7 +2,9 @@
 # The replay benchmark of issue #4 (load-tests/pipelines/replay/README.md): a fleet of
 # DEVICES x DAYS (default 10,000 x 7, about 21.7 M pings) replayed through the hop +
 # filter pipeline, and the same file decoded and validated alone, once per format.
-# Prints pings/s, the decode-only rate measured in the same run (--measure-decode),
+# Prints pings/s, the arrow-json decode-only rate measured in the same run
+# (--measure-decode: the yardstick of the issue; the run itself decodes NDJSON with the
+# ping-line decoder, as the decode-only line does),
 # peak RSS and window state bytes per device, one line per run (each run's summary
 # JSON and log stay in WORK).
 #

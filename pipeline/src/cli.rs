@@ -42,10 +42,16 @@ pub enum Command {
         /// Threads decoding NDJSON (default: one per available core).
         #[arg(long)]
         decode_threads: Option<usize>,
-        /// First time a decode-only pass over the same inputs (decode and validate, no
-        /// queries) and report its rate in the summary next to the run's.
+        /// First time a decode-only pass over the same inputs (decode with arrow-json
+        /// alone and validate, no queries) and report its rate in the summary next to
+        /// the run's.
         #[arg(long)]
         measure_decode: bool,
+        /// Decode NDJSON with arrow-json alone. By default a decoder specialised to
+        /// ping lines reads what it can (the same rows, several times faster) and
+        /// arrow-json the rest.
+        #[arg(long)]
+        arrow_json: bool,
     },
     /// Load and plan the SQL folder, report problems, exit.
     Check {
@@ -208,6 +214,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             no_progress,
             decode_threads,
             measure_decode,
+            arrow_json,
         } => {
             let c = load_config(config.as_ref(), sql.as_ref())?;
             let mut engine = Engine::from_dir(&c.engine.sql_dir, &engine_options(&c)).await?;
@@ -218,6 +225,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 now_ms: None,
                 decode_threads: decode_threads.unwrap_or(0),
                 measure_decode,
+                arrow_json_only: arrow_json,
                 ..ReplayOptions::default()
             };
             let summary = replay::replay(&mut engine, &inputs, &opts).await?;

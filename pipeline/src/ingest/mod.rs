@@ -21,6 +21,7 @@
 
 mod config;
 mod decode;
+mod ping_lines;
 mod server;
 mod validate;
 

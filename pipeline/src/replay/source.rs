@@ -156,10 +156,10 @@ impl Source {
         let mut handles = Vec::with_capacity(threads + 1);
         for i in 0..threads {
             let (jobs_rx, out, pool) = (Arc::clone(&jobs_rx), out.clone(), pool.clone());
-            let (batch_rows, limits) = (opts.batch_rows, opts.limits);
+            let (limits, decoder) = (opts.limits, decoder(opts));
             let h = std::thread::Builder::new()
                 .name(format!("replay-decode-{i}"))
-                .spawn(move || decode_worker(&jobs_rx, &out, &pool, batch_rows, &limits, now))
+                .spawn(move || decode_worker(&jobs_rx, &out, &pool, decoder, &limits, now))
                 .map_err(|e| internal(&e))?;
             handles.push(h);
         }
@@ -250,16 +250,24 @@ impl Source {
     }
 }
 
+/// The NDJSON decoder of one decode thread.
+fn decoder(opts: &super::ReplayOptions) -> NdjsonDecoder {
+    if opts.arrow_json_only {
+        NdjsonDecoder::new(opts.batch_rows)
+    } else {
+        NdjsonDecoder::with_ping_lines(opts.batch_rows)
+    }
+}
+
 fn decode_worker(
     jobs: &Mutex<Receiver<Job>>,
     out: &Sender<Produced>,
     pool: &Sender<Vec<u8>>,
-    batch_rows: usize,
+    mut decoder: NdjsonDecoder,
     limits: &Limits,
     now_ms: i64,
 ) -> Devices {
     let mut devices = Devices::default();
-    let mut decoder = NdjsonDecoder::new(batch_rows);
     loop {
         let job = match jobs.lock() {
             Ok(rx) => match rx.recv() {
