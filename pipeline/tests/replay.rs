@@ -135,6 +135,15 @@ fn captured(engine: &Engine) -> Vec<String> {
 }
 
 async fn run(input: &Path, threads: usize, region_bytes: usize) -> (Summary, Vec<String>) {
+    run_with(input, threads, region_bytes, false).await
+}
+
+async fn run_with(
+    input: &Path,
+    threads: usize,
+    region_bytes: usize,
+    arrow_json_only: bool,
+) -> (Summary, Vec<String>) {
     let options = EngineOptions {
         capture_sinks: true,
         ..EngineOptions::default()
@@ -145,6 +154,7 @@ async fn run(input: &Path, threads: usize, region_bytes: usize) -> (Summary, Vec
         now_ms: Some(NOW_MS),
         decode_threads: threads,
         region_bytes,
+        arrow_json_only,
         ..ReplayOptions::default()
     };
     let summary = replay(&mut engine, &[input.to_path_buf()], &opts)
@@ -164,6 +174,7 @@ fn comparable(s: &Summary) -> serde_json::Value {
         "decode_only_seconds",
         "decode_only_pings_per_second",
         "peak_rss_bytes",
+        "json_decoder",
     ] {
         m.remove(k);
     }
@@ -212,6 +223,23 @@ async fn decode_threads_change_nothing_but_speed() {
         assert_eq!(out_many.len(), out_one.len(), "{threads} threads");
         assert!(out_many == out_one, "{threads} threads: different outputs");
     }
+}
+
+/// The ping-line decoder (with arrow-json for regions it declines: those holding a
+/// malformed line) and arrow-json alone replay the same rows into the same outputs.
+#[tokio::test(flavor = "current_thread")]
+async fn ping_lines_and_arrow_json_replay_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = write_fleet(dir.path(), 30, 180, 11);
+    let region = 16 << 10;
+    let (ours, out_ours) = run_with(&input, 2, region, false).await;
+    let (arrow, out_arrow) = run_with(&input, 2, region, true).await;
+    assert_eq!(ours.json_decoder, "ping-lines");
+    assert_eq!(arrow.json_decoder, "arrow-json");
+    assert!(ours.pings_in > 5_000 && ours.rejected > 0, "{ours:?}");
+    assert_eq!(comparable(&ours), comparable(&arrow));
+    assert_eq!(out_ours.len(), out_arrow.len());
+    assert!(out_ours == out_arrow, "different outputs");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -270,7 +298,7 @@ async fn measure_decode_reports_both_rates() {
         assert!(s.peak_rss_bytes.unwrap() > 1 << 20);
     }
     let text = s.to_text();
-    assert!(text.contains("decode only:"), "{text}");
+    assert!(text.contains("decode only (arrow-json):"), "{text}");
     assert!(text.contains("peak RSS:"), "{text}");
 }
 
