@@ -6,6 +6,7 @@
 //! while the good ones are kept (k bad rows among n cost about k·log n small decodes).
 //! NDJSON goes through [`NdjsonDecoder`], which replay also uses for file regions.
 
+use super::ping_lines::{PingLines, Stop};
 use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
 use arrow::buffer::Buffer;
 use arrow::compute::{CastOptions, cast_with_options, concat_batches};
@@ -222,10 +223,11 @@ impl NdjsonDecoder {
         }
     }
 
-    /// Like [`new`](Self::new), but text that the decoder specialised to the ping
-    /// schema reads (one flat ping object per line in the common encodings: see
-    /// `ping_lines`) is decoded by it, several times faster; any other text goes
-    /// through arrow-json. The rows are the same either way.
+    /// Like [`new`](Self::new), but each line that the decoder specialised to the ping
+    /// schema reads (one flat ping object in the common encodings: see `ping_lines`)
+    /// is decoded by it, several times faster; any other line goes through arrow-json
+    /// on its own. The rows are the same either way (but for an object spread over
+    /// lines: see `decode_ping_lines`).
     pub fn with_ping_lines(batch_rows: usize) -> Self {
         Self {
             ping_lines: true,
@@ -237,15 +239,62 @@ impl NdjsonDecoder {
     /// non-blank lines; more is [`DecodeError::TooManyRows`], found before decoding.
     pub fn decode(&mut self, text: &[u8], max_rows: usize) -> Result<NdjsonDecoded, DecodeError> {
         if self.ping_lines
-            && let Some(d) = super::ping_lines::decode(text, self.batch_rows, max_rows)
+            && let Some(d) = self.decode_ping_lines(text, max_rows)?
         {
-            return Ok(NdjsonDecoded {
-                batches: d.batches,
-                rejected: Vec::new(),
-                rows: d.rows,
-                lines: d.lines,
-            });
+            return Ok(d);
         }
+        self.decode_arrow(text, max_rows)
+    }
+
+    /// The ping-line decoder over `text`, each line it declines decoded (or rejected) by
+    /// arrow-json on its own; `None` in the unexpected case that the two do not fit
+    /// together, and the text is then arrow-json's alone.
+    ///
+    /// A declined line is decoded as one line: an object spread over several lines is
+    /// rejected line by line, as NDJSON has it (arrow-json alone would take `{..}{`
+    /// followed by `..}` as two rows).
+    fn decode_ping_lines(
+        &mut self,
+        text: &[u8],
+        max_rows: usize,
+    ) -> Result<Option<NdjsonDecoded>, DecodeError> {
+        let mut lines = PingLines::new(self.batch_rows, text.len());
+        let mut rejected = Vec::new();
+        loop {
+            match lines.read(text, max_rows) {
+                Stop::End => break,
+                Stop::TooManyRows => return Err(DecodeError::TooManyRows { limit: max_rows }),
+                Stop::Declined {
+                    start,
+                    end,
+                    line,
+                    row,
+                } => {
+                    let one = self.decode_arrow(&text[start..end], 1)?;
+                    for b in &one.batches {
+                        if lines.push(b, text.len()).is_none() {
+                            return Ok(None);
+                        }
+                    }
+                    rejected.extend(one.rejected.into_iter().map(|mut r| {
+                        r.line = line;
+                        r.rejection.row = row;
+                        r
+                    }));
+                }
+            }
+        }
+        let (rows, line_count) = (lines.rows, lines.lines);
+        Ok(lines.finish().map(|batches| NdjsonDecoded {
+            batches,
+            rejected,
+            rows,
+            lines: line_count,
+        }))
+    }
+
+    /// [`decode`](Self::decode) with arrow-json alone.
+    fn decode_arrow(&mut self, text: &[u8], max_rows: usize) -> Result<NdjsonDecoded, DecodeError> {
         let (scan, flat) = match flat_lines(text) {
             Some(lines) if lines > max_rows => {
                 return Err(DecodeError::TooManyRows { limit: max_rows });

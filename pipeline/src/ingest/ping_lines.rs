@@ -12,12 +12,15 @@
 //! flat object of known, distinct fields; strings without escapes or control bytes;
 //! integers as plain decimal literals within their column's range; timestamps as
 //! integer milliseconds; floats parsed by the same `lexical-core` functions arrow-json
-//! calls. On any other text it returns `None` and the caller decodes the text with
-//! arrow-json instead, so the rows (and every rejection message) are always exactly
-//! arrow-json's; `tests` compare the two on generated and mutated lines.
+//! calls. It stops at any other line ([`Stop::Declined`]) and the caller
+//! ([`NdjsonDecoder`](super::NdjsonDecoder)) decodes that line with arrow-json, so the
+//! rows (and every rejection message) are arrow-json's; `tests` compare the two on
+//! generated and mutated lines.
 
 use arrow::array::builder::{BooleanBufferBuilder, NullBufferBuilder};
-use arrow::array::{ArrayRef, BooleanArray, PrimitiveArray, RecordBatch, StringArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, PrimitiveArray, RecordBatch, StringArray,
+};
 use arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use arrow::datatypes::{
     ArrowNativeType, ArrowPrimitiveType, DataType, Float32Type, Float64Type,
@@ -55,55 +58,120 @@ const ALL: u32 = (1 << NAMES.len()) - 1;
 /// The fields that may not be null or missing.
 const REQUIRED: u32 = 1 << col::DEVICE_ID | 1 << col::EVENT_TIME | 1 << col::EVENT_KIND;
 
-/// Lines of text decoded into ping batches.
+/// Why [`PingLines::read`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The text is consumed.
+    End,
+    /// The text holds more than `max_rows` rows.
+    TooManyRows,
+    /// The line at `start..end` of the text (its 0-based line and row numbers) is
+    /// outside the subset this decoder reads. It is counted; the rows before it are in
+    /// the columns. Decode it elsewhere and [`push`](PingLines::push) what it gives,
+    /// then read on.
+    Declined {
+        /// First byte of the line.
+        start: usize,
+        /// The byte after its last (its `\n` or the end of the text).
+        end: usize,
+        /// Its line number.
+        line: usize,
+        /// Its row number (among the non-blank lines).
+        row: usize,
+    },
+}
+
+/// Lines of text being decoded into ping batches.
 #[derive(Debug)]
 pub(crate) struct PingLines {
-    /// Batches of at most `batch_rows` rows, in text order.
-    pub batches: Vec<RecordBatch>,
-    /// Non-blank lines (each one row).
+    batch_rows: usize,
+    cols: Columns,
+    /// Full batches (`None`: a column could not be built).
+    batches: Vec<Option<RecordBatch>>,
+    /// Where reading goes on.
+    at: usize,
+    /// Non-blank lines (each one row) so far.
     pub rows: usize,
-    /// Lines (a last line without `\n` counts).
+    /// Lines so far (a last line without `\n` counts).
     pub lines: usize,
 }
 
-/// Decodes `text` (no byte-order mark) into batches of at most `batch_rows` rows, or
-/// `None` when any line is outside the subset this decoder reads, or when there are
-/// more than `max_rows` rows.
-pub(crate) fn decode(text: &[u8], batch_rows: usize, max_rows: usize) -> Option<PingLines> {
-    let batch_rows = batch_rows.max(1);
-    // A fleet line is about 380 bytes; the estimate only sizes the first batch.
-    let guess = (text.len() / 256 + 1).min(batch_rows);
-    let mut cols = Columns::with_capacity(guess);
-    let mut out = PingLines {
-        batches: Vec::new(),
-        rows: 0,
-        lines: 0,
-    };
-    let mut at = 0;
-    while at < text.len() {
-        let end = memchr::memchr(b'\n', &text[at..]).map_or(text.len(), |i| at + i);
-        let line = &text[at..end];
-        out.lines += 1;
-        at = end + 1;
-        if line.iter().all(|b| is_space(*b)) {
-            continue;
-        }
-        if out.rows == max_rows {
-            return None;
-        }
-        cols.row(line)?;
-        out.rows += 1;
-        if cols.len == batch_rows {
-            let left = text.len().saturating_sub(at) / 256 + 1;
-            let next = Columns::with_capacity(left.min(batch_rows));
-            out.batches
-                .push(std::mem::replace(&mut cols, next).finish()?);
+impl PingLines {
+    /// A decoder of text of `text_len` bytes into batches of at most `batch_rows` rows.
+    pub(crate) fn new(batch_rows: usize, text_len: usize) -> Self {
+        let batch_rows = batch_rows.max(1);
+        Self {
+            batch_rows,
+            cols: Columns::with_capacity(guess_rows(text_len).min(batch_rows)),
+            batches: Vec::new(),
+            at: 0,
+            rows: 0,
+            lines: 0,
         }
     }
-    if cols.len > 0 {
-        out.batches.push(cols.finish()?);
+
+    /// Reads the lines of `text` (no byte-order mark; the same text at every call) from
+    /// where the last call stopped.
+    pub(crate) fn read(&mut self, text: &[u8], max_rows: usize) -> Stop {
+        while self.at < text.len() {
+            let start = self.at;
+            let end = memchr::memchr(b'\n', &text[start..]).map_or(text.len(), |i| start + i);
+            let line = &text[start..end];
+            self.lines += 1;
+            self.at = end + 1;
+            if line.iter().all(|b| is_space(*b)) {
+                continue;
+            }
+            if self.rows == max_rows {
+                return Stop::TooManyRows;
+            }
+            self.rows += 1;
+            if self.cols.row(line).is_none() {
+                return Stop::Declined {
+                    start,
+                    end,
+                    line: self.lines - 1,
+                    row: self.rows - 1,
+                };
+            }
+            self.row_done(text.len());
+        }
+        Stop::End
     }
-    Some(out)
+
+    /// Appends the rows of `batch` (in the ping schema: what arrow-json made of a
+    /// declined line), or `None` when it is not a ping batch.
+    pub(crate) fn push(&mut self, batch: &RecordBatch, text_len: usize) -> Option<()> {
+        for i in 0..batch.num_rows() {
+            self.cols.push_row(batch, i)?;
+            self.row_done(text_len);
+        }
+        Some(())
+    }
+
+    /// Cuts a batch when the columns are full.
+    fn row_done(&mut self, text_len: usize) {
+        if self.cols.len == self.batch_rows {
+            let left = guess_rows(text_len.saturating_sub(self.at));
+            let next = Columns::with_capacity(left.min(self.batch_rows));
+            let full = std::mem::replace(&mut self.cols, next);
+            self.batches.push(full.finish());
+        }
+    }
+
+    /// The batches, or `None` when a column could not be built.
+    pub(crate) fn finish(mut self) -> Option<Vec<RecordBatch>> {
+        if self.cols.len > 0 {
+            self.batches.push(self.cols.finish());
+        }
+        self.batches.into_iter().collect()
+    }
+}
+
+/// Rows to expect in `bytes` of text: a fleet line is about 380 bytes (the estimate only
+/// sizes buffers).
+fn guess_rows(bytes: usize) -> usize {
+    bytes / 256 + 1
 }
 
 /// JSON whitespace within a line.
@@ -130,7 +198,11 @@ impl Text {
         }
     }
 
+    /// Appends `s`, or `None` when it is not UTF-8.
     fn push(&mut self, s: &[u8]) -> Option<()> {
+        if !s.is_ascii() {
+            std::str::from_utf8(s).ok()?;
+        }
         self.values.extend_from_slice(s);
         self.offsets.push(i32::try_from(self.values.len()).ok()?);
         self.nulls.append_non_null();
@@ -142,7 +214,29 @@ impl Text {
         self.nulls.append_null();
     }
 
-    /// The column; `None` when its bytes are not UTF-8.
+    /// Back to its first `len` rows.
+    fn truncate(&mut self, len: usize) {
+        let bytes = self
+            .offsets
+            .get(len)
+            .map_or(0, |o| usize::try_from(*o).unwrap_or(0));
+        self.values.truncate(bytes);
+        self.offsets.truncate(len + 1);
+        self.nulls.truncate(len);
+    }
+
+    /// The value of row `i` of `a`, a UTF-8 column.
+    fn push_from(&mut self, a: &ArrayRef, i: usize) -> Option<()> {
+        let a = a.as_string_opt::<i32>()?;
+        if a.is_null(i) {
+            self.null();
+            Some(())
+        } else {
+            self.push(a.value(i).as_bytes())
+        }
+    }
+
+    /// The column; `None` when its bytes are not UTF-8 (each value was checked).
     fn finish(mut self) -> Option<ArrayRef> {
         let offsets = OffsetBuffer::new(ScalarBuffer::from(self.offsets));
         let array = StringArray::try_new(offsets, self.values.into(), self.nulls.finish()).ok()?;
@@ -175,6 +269,26 @@ impl<T: ArrowNativeType> Prim<T> {
         self.nulls.append_null();
     }
 
+    fn truncate(&mut self, len: usize) {
+        self.values.truncate(len);
+        self.nulls.truncate(len);
+    }
+
+    /// The value of row `i` of `a`, a column of `P`.
+    fn push_from<P: ArrowPrimitiveType<Native = T>>(
+        &mut self,
+        a: &ArrayRef,
+        i: usize,
+    ) -> Option<()> {
+        let a = a.as_primitive_opt::<P>()?;
+        if a.is_null(i) {
+            self.null();
+        } else {
+            self.push(a.value(i));
+        }
+        Some(())
+    }
+
     fn finish<P: ArrowPrimitiveType<Native = T>>(mut self) -> PrimitiveArray<P> {
         PrimitiveArray::new(ScalarBuffer::from(self.values), self.nulls.finish())
     }
@@ -203,6 +317,22 @@ impl Bools {
     fn null(&mut self) {
         self.values.append(false);
         self.nulls.append_null();
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.values.truncate(len);
+        self.nulls.truncate(len);
+    }
+
+    /// The value of row `i` of `a`, a boolean column.
+    fn push_from(&mut self, a: &ArrayRef, i: usize) -> Option<()> {
+        let a = a.as_boolean_opt()?;
+        if a.is_null(i) {
+            self.null();
+        } else {
+            self.push(a.value(i));
+        }
+        Some(())
     }
 
     fn finish(mut self) -> ArrayRef {
@@ -271,9 +401,80 @@ impl Columns {
         }
     }
 
-    /// Reads one non-blank line (no `\n`) into every column, or `None` (the columns are
-    /// then unusable: the caller drops them).
+    /// Reads one non-blank line (no `\n`) into every column, or `None` with the columns
+    /// as they were.
     fn row(&mut self, line: &[u8]) -> Option<()> {
+        let read = self.parse_row(line);
+        if read.is_none() {
+            self.truncate();
+        }
+        read
+    }
+
+    /// Every column back to `len` rows (after a line that failed half way).
+    fn truncate(&mut self) {
+        let n = self.len;
+        self.device_id.truncate(n);
+        self.event_time.truncate(n);
+        self.receive_time.truncate(n);
+        self.seq.truncate(n);
+        self.lat.truncate(n);
+        self.lon.truncate(n);
+        self.accuracy_m.truncate(n);
+        self.iccid.truncate(n);
+        self.imsi.truncate(n);
+        self.mcc.truncate(n);
+        self.mnc.truncate(n);
+        self.battery_pct.truncate(n);
+        self.charging.truncate(n);
+        self.network_type.truncate(n);
+        self.agent_active.truncate(n);
+        self.mdm_active.truncate(n);
+        self.rooted.truncate(n);
+        self.mock_location.truncate(n);
+        self.event_kind.truncate(n);
+    }
+
+    /// Appends row `i` of `b`, a batch in the ping schema decoded elsewhere.
+    fn push_row(&mut self, b: &RecordBatch, i: usize) -> Option<()> {
+        if b.schema() != ping_schema() || i >= b.num_rows() {
+            return None;
+        }
+        let c = |f: usize| b.column(f);
+        let pushed = (|| {
+            self.device_id.push_from(c(col::DEVICE_ID), i)?;
+            self.event_time
+                .push_from::<TimestampMillisecondType>(c(col::EVENT_TIME), i)?;
+            self.receive_time
+                .push_from::<TimestampMillisecondType>(c(col::RECEIVE_TIME), i)?;
+            self.seq.push_from::<UInt64Type>(c(col::SEQ), i)?;
+            self.lat.push_from::<Float64Type>(c(col::LAT), i)?;
+            self.lon.push_from::<Float64Type>(c(col::LON), i)?;
+            self.accuracy_m
+                .push_from::<Float32Type>(c(col::ACCURACY_M), i)?;
+            self.iccid.push_from(c(col::ICCID), i)?;
+            self.imsi.push_from(c(col::IMSI), i)?;
+            self.mcc.push_from::<UInt16Type>(c(col::MCC), i)?;
+            self.mnc.push_from(c(col::MNC), i)?;
+            self.battery_pct
+                .push_from::<UInt8Type>(c(col::BATTERY_PCT), i)?;
+            self.charging.push_from(c(col::CHARGING), i)?;
+            self.network_type.push_from(c(col::NETWORK_TYPE), i)?;
+            self.agent_active.push_from(c(col::AGENT_ACTIVE), i)?;
+            self.mdm_active.push_from(c(col::MDM_ACTIVE), i)?;
+            self.rooted.push_from(c(col::ROOTED), i)?;
+            self.mock_location.push_from(c(col::MOCK_LOCATION), i)?;
+            self.event_kind.push_from(c(col::EVENT_KIND), i)
+        })();
+        if pushed.is_none() {
+            self.truncate();
+            return None;
+        }
+        self.len += 1;
+        Some(())
+    }
+
+    fn parse_row(&mut self, line: &[u8]) -> Option<()> {
         let mut cur = Cursor { s: line, at: 0 };
         cur.space();
         cur.eat(b'{')?;
@@ -559,6 +760,20 @@ mod tests {
     use crate::ingest::NdjsonDecoder;
     use arrow::compute::concat_batches;
 
+    /// The ping-line decoder alone: `None` when it declines a line.
+    fn decode(
+        text: &[u8],
+        batch_rows: usize,
+        max_rows: usize,
+    ) -> Option<(Vec<RecordBatch>, usize, usize)> {
+        let mut lines = PingLines::new(batch_rows, text.len());
+        if lines.read(text, max_rows) != Stop::End {
+            return None;
+        }
+        let (rows, n) = (lines.rows, lines.lines);
+        Some((lines.finish()?, rows, n))
+    }
+
     /// Both decoders on `text`: the ping-line decoder's rows, which must then be
     /// arrow-json's rows exactly, or `None` (declined), in which case the text must still
     /// decode through `NdjsonDecoder::with_ping_lines` exactly as through arrow-json.
@@ -583,12 +798,13 @@ mod tests {
             show(text),
             arrow.rejected
         );
-        assert_eq!(ours.rows, arrow.rows);
-        assert_eq!(ours.lines, arrow.lines);
-        assert!(ours.batches.iter().all(|b| b.num_rows() <= batch_rows));
-        assert!(ours.batches.iter().all(|b| b.num_rows() > 0));
-        assert_eq!(all(&ours.batches), all(&arrow.batches), "{}", show(text));
-        Some(ours.rows)
+        let (batches, rows, lines) = ours;
+        assert_eq!(rows, arrow.rows);
+        assert_eq!(lines, arrow.lines);
+        assert!(batches.iter().all(|b| b.num_rows() <= batch_rows));
+        assert!(batches.iter().all(|b| b.num_rows() > 0));
+        assert_eq!(all(&batches), all(&arrow.batches), "{}", show(text));
+        Some(rows)
     }
 
     fn show(text: &[u8]) -> String {
@@ -672,10 +888,45 @@ mod tests {
         let mut bad = FLEET.as_bytes().to_vec();
         bad[15] = 0xff;
         assert_eq!(compare(&bad, 4), None);
+        // Declined lines among accepted ones, in every batch position.
+        let odd = r#"{"device_id":"a","event_time":"2026-01-01T00:00:00Z","event_kind":"x"}"#;
+        let bad = r#"{"device_id":"a","event_time":1,"event_kind":"x","rooted":1}"#;
+        let mixed = format!("{odd}\n{FLEET}\n{bad}\n{FLEET}\n{odd}\n\n{bad}\n{FLEET}\n{odd}");
+        for batch_rows in 1..6 {
+            assert_eq!(compare(mixed.as_bytes(), batch_rows), None);
+            let d = NdjsonDecoder::with_ping_lines(batch_rows)
+                .decode(mixed.as_bytes(), usize::MAX)
+                .unwrap();
+            assert_eq!(d.rows, 8);
+            assert_eq!(d.lines, 9);
+            let rejected: Vec<(usize, usize)> = d
+                .rejected
+                .iter()
+                .map(|r| (r.line, r.rejection.row))
+                .collect();
+            assert_eq!(rejected, [(2, 2), (6, 5)]);
+            assert_eq!(d.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 6);
+        }
         // More rows than allowed.
         let three = format!("{FLEET}\n{FLEET}\n{FLEET}\n");
         assert!(decode(three.as_bytes(), 2, 2).is_none());
         assert!(decode(three.as_bytes(), 2, 3).is_some());
+    }
+
+    /// Where the two differ on purpose: NDJSON is one value per line, so two lines that
+    /// hold one object and a half each are both rejected (arrow-json alone, reading a
+    /// stream of values, would take them as two rows).
+    #[test]
+    fn an_object_across_lines_is_rejected_line_by_line() {
+        let (head, tail) = FLEET.split_at(40);
+        let text = format!("{FLEET}{head}\n{tail}\n{FLEET}\n");
+        let d = NdjsonDecoder::with_ping_lines(8)
+            .decode(text.as_bytes(), usize::MAX)
+            .unwrap();
+        assert_eq!((d.rows, d.lines), (3, 3));
+        let rejected: Vec<usize> = d.rejected.iter().map(|r| r.line).collect();
+        assert_eq!(rejected, [0, 1]);
+        assert_eq!(d.batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
     }
 
     /// Lines made of random choices among the encodings of each field (valid and not),
