@@ -28,7 +28,8 @@ mod validate;
 pub use config::IngestConfig;
 pub use decode::{
     DecodeError, Decoded, NdjsonDecoded, NdjsonDecoder, NdjsonRejection, RowProblem, RowRejection,
-    decode_arrow_ipc, decode_json_array, decode_ndjson, gunzip_limited,
+    contained_panics, decode_arrow_ipc, decode_json_array, decode_ndjson, gunzip_limited,
+    quiet_contained_panics,
 };
 pub use server::{IngestError, IngestState, Lag, LagProbe, router, serve};
 pub use validate::{NotAPingBatch, check_rows, validate_batch};
