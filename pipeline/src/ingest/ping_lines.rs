@@ -52,6 +52,30 @@ const NAMES: [&[u8]; 19] = [
     b"event_kind",
 ];
 
+/// Each name with its closing quote as the first bytes of a little-endian `u128`, and
+/// the mask of those bytes (every name is at most 15 bytes).
+const KEYS: [(u128, u128); NAMES.len()] = keys();
+
+const fn keys() -> [(u128, u128); NAMES.len()] {
+    let mut out = [(0, 0); NAMES.len()];
+    let mut i = 0;
+    while i < NAMES.len() {
+        let name = NAMES[i];
+        assert!(name.len() < 16);
+        let (mut pattern, mut mask) = (0u128, 0u128);
+        let mut j = 0;
+        while j <= name.len() {
+            let b = if j < name.len() { name[j] } else { b'"' };
+            pattern |= (b as u128) << (8 * j);
+            mask |= 0xff << (8 * j);
+            j += 1;
+        }
+        out[i] = (pattern, mask);
+        i += 1;
+    }
+    out
+}
+
 /// Every field, as a bit set.
 const ALL: u32 = (1 << NAMES.len()) - 1;
 
@@ -126,7 +150,8 @@ impl PingLines {
                 return Stop::TooManyRows;
             }
             self.rows += 1;
-            if self.cols.row(line).is_none() {
+            if self.cols.parse_row(line).is_none() {
+                self.cols.truncate();
                 return Stop::Declined {
                     start,
                     end,
@@ -134,7 +159,9 @@ impl PingLines {
                     row: self.rows - 1,
                 };
             }
-            self.row_done(text.len());
+            if self.cols.len == self.batch_rows {
+                self.cut(text.len());
+            }
         }
         Stop::End
     }
@@ -144,19 +171,20 @@ impl PingLines {
     pub(crate) fn push(&mut self, batch: &RecordBatch, text_len: usize) -> Option<()> {
         for i in 0..batch.num_rows() {
             self.cols.push_row(batch, i)?;
-            self.row_done(text_len);
+            if self.cols.len == self.batch_rows {
+                self.cut(text_len);
+            }
         }
         Some(())
     }
 
-    /// Cuts a batch when the columns are full.
-    fn row_done(&mut self, text_len: usize) {
-        if self.cols.len == self.batch_rows {
-            let left = guess_rows(text_len.saturating_sub(self.at));
-            let next = Columns::with_capacity(left.min(self.batch_rows));
-            let full = std::mem::replace(&mut self.cols, next);
-            self.batches.push(full.finish());
-        }
+    /// Makes a batch of the full columns.
+    #[cold]
+    fn cut(&mut self, text_len: usize) {
+        let left = guess_rows(text_len.saturating_sub(self.at));
+        let next = Columns::with_capacity(left.min(self.batch_rows));
+        let full = std::mem::replace(&mut self.cols, next);
+        self.batches.push(full.finish());
     }
 
     /// The batches, or `None` when a column could not be built.
@@ -198,11 +226,8 @@ impl Text {
         }
     }
 
-    /// Appends `s`, or `None` when it is not UTF-8.
+    /// Appends `s` (UTF-8: see `Cursor::string`).
     fn push(&mut self, s: &[u8]) -> Option<()> {
-        if !s.is_ascii() {
-            std::str::from_utf8(s).ok()?;
-        }
         self.values.extend_from_slice(s);
         self.offsets.push(i32::try_from(self.values.len()).ok()?);
         self.nulls.append_non_null();
@@ -401,16 +426,6 @@ impl Columns {
         }
     }
 
-    /// Reads one non-blank line (no `\n`) into every column, or `None` with the columns
-    /// as they were.
-    fn row(&mut self, line: &[u8]) -> Option<()> {
-        let read = self.parse_row(line);
-        if read.is_none() {
-            self.truncate();
-        }
-        read
-    }
-
     /// Every column back to `len` rows (after a line that failed half way).
     fn truncate(&mut self) {
         let n = self.len;
@@ -474,6 +489,8 @@ impl Columns {
         Some(())
     }
 
+    /// Reads one non-blank line (no `\n`) into every column, or `None`, after which
+    /// [`truncate`](Self::truncate) puts the columns back as they were.
     fn parse_row(&mut self, line: &[u8]) -> Option<()> {
         let mut cur = Cursor { s: line, at: 0 };
         cur.space();
@@ -485,10 +502,14 @@ impl Columns {
         if cur.peek() != Some(b'}') {
             loop {
                 cur.eat(b'"')?;
-                let key = cur.string()?;
-                let field = match NAMES.get(next) {
-                    Some(name) if *name == key => next,
-                    _ => NAMES.iter().position(|n| *n == key)?,
+                // Fields come in schema order, some left out: try the ones after the
+                // last first, a 16-byte compare each, and only then read the key.
+                let field = match (next..NAMES.len()).find(|&f| cur.key_is(f)) {
+                    Some(f) => f,
+                    None => {
+                        let key = cur.string()?;
+                        NAMES.iter().position(|n| *n == key)?
+                    }
                 };
                 let bit = 1u32 << field;
                 if seen & bit != 0 {
@@ -673,17 +694,43 @@ impl<'a> Cursor<'a> {
     }
 
     /// The rest of a string whose opening quote was read: its bytes, when it holds no
-    /// escape and no control byte.
+    /// escape and no control byte and is UTF-8.
     fn string(&mut self) -> Option<&'a [u8]> {
         let rest = self.s.get(self.at..)?;
-        let len = rest
+        // One test per byte for the ASCII strings of nearly every line: `b - 0x20 >= 0x60`
+        // is a control byte (below 0x20) or not ASCII (0x80 and up).
+        let mut len = rest
             .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            .position(|&b| b == b'"' || b == b'\\' || b.wrapping_sub(0x20) >= 0x60)?;
+        if rest[len] >= 0x80 {
+            len += rest[len..]
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            std::str::from_utf8(&rest[..len]).ok()?;
+        }
         if rest[len] != b'"' {
             return None;
         }
         self.at += len + 1;
         Some(&rest[..len])
+    }
+
+    /// Whether the name of field `f` and its closing quote come next (the opening quote
+    /// read); reads them if so.
+    fn key_is(&mut self, f: usize) -> bool {
+        let (Some(&(pattern, mask)), Some(bytes)) =
+            (KEYS.get(f), self.s.get(self.at..self.at + 16))
+        else {
+            return false;
+        };
+        let mut word = [0u8; 16];
+        word.copy_from_slice(bytes);
+        if u128::from_le_bytes(word) & mask == pattern {
+            self.at += NAMES[f].len() + 1;
+            true
+        } else {
+            false
+        }
     }
 
     /// The literal `word` (its first byte already peeked).
