@@ -497,7 +497,6 @@ impl Columns {
         cur.eat(b'{')?;
         cur.space();
         let mut seen = 0u32;
-        // Fields usually come in schema order: try the one after the last first.
         let mut next = 0usize;
         if cur.peek() != Some(b'}') {
             loop {
