@@ -4,7 +4,8 @@
 //! structs). One request is decoded with one decoder; only when that fails are its
 //! rows split in halves, recursively, until every bad row is isolated and reported
 //! while the good ones are kept (k bad rows among n cost about k·log n small decodes).
-//! NDJSON goes through [`NdjsonDecoder`], which replay also uses for file regions.
+//! NDJSON goes through [`NdjsonDecoder`], which replay also uses for file regions (there
+//! with the decoder specialised to ping lines first: `ping_lines`).
 
 use super::ping_lines::{PingLines, Stop};
 use arrow::array::{Array, ArrayRef, RecordBatch, new_null_array};
@@ -238,7 +239,8 @@ impl NdjsonDecoder {
     }
 
     /// Decodes `text` (no byte-order mark: strip it first) holding at most `max_rows`
-    /// non-blank lines; more is [`DecodeError::TooManyRows`], found before decoding.
+    /// non-blank lines; more is [`DecodeError::TooManyRows`], found before decoding
+    /// (with ping lines, when the line past the limit is reached).
     pub fn decode(&mut self, text: &[u8], max_rows: usize) -> Result<NdjsonDecoded, DecodeError> {
         if self.ping_lines
             && let Some(d) = self.decode_ping_lines(text, max_rows)?
