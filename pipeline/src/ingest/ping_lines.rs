@@ -143,7 +143,8 @@ impl PingLines {
             let line = &text[start..end];
             self.lines += 1;
             self.at = end + 1;
-            if line.iter().all(|b| is_space(*b)) {
+            // Blank as the arrow-json path has it (`trim_ascii`: form feeds too).
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
             if self.rows == max_rows {
@@ -889,6 +890,12 @@ mod tests {
         assert_eq!(compare(text.as_bytes(), 10), Some(2));
         assert_eq!(compare(b"", 10), Some(0));
         assert_eq!(compare(b"\n \n", 10), Some(0));
+        // Blank lines are those of ASCII whitespace, a form feed included; a form feed
+        // before an object is not JSON whitespace.
+        let text = format!("{FLEET}\n\x0c\n \t\x0c\r\n{FLEET}\n");
+        assert_eq!(compare(text.as_bytes(), 10), Some(2));
+        let text = format!("{FLEET}\n\x0c{FLEET}\n\x0b\n");
+        assert_eq!(compare(text.as_bytes(), 10), None);
     }
 
     #[test]
@@ -1098,7 +1105,7 @@ mod tests {
                 text.push_str(&fields.join(","));
                 text.push('}');
                 text.push_str(spaces[next(spaces.len())]);
-                text.push_str(["\n", "\r\n", "\n\n"][next(3)]);
+                text.push_str(["\n", "\r\n", "\n\n", "\n\x0c \n"][next(4)]);
             }
             match compare(text.as_bytes(), 1 + next(3)) {
                 Some(_) => accepted += 1,
