@@ -493,30 +493,9 @@ fn row_spans(text: &[u8]) -> Vec<(usize, &[u8])> {
     out
 }
 
-/// The first `\n` at or after `from`, eight bytes at a time.
-fn find_newline(text: &[u8], from: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    const NEWLINES: u64 = ONES * b'\n' as u64;
-    let rest = text.get(from..)?;
-    let mut words = rest.chunks_exact(8);
-    let mut at = from;
-    for w in words.by_ref() {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(w);
-        let x = u64::from_le_bytes(bytes) ^ NEWLINES;
-        // The lowest byte flagged is the first zero byte of x (higher flags may be false).
-        let zero = x.wrapping_sub(ONES) & !x & HIGHS;
-        if zero != 0 {
-            return Some(at + (zero.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    words
-        .remainder()
-        .iter()
-        .position(|b| *b == b'\n')
-        .map(|i| at + i)
+/// The first `\n` at or after `from`.
+pub(super) fn find_newline(text: &[u8], from: usize) -> Option<usize> {
+    memchr::memchr(b'\n', text.get(from..)?).map(|i| from + i)
 }
 
 /// `parts` (in order) as batches of at most `batch_rows` rows.

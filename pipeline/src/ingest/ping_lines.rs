@@ -17,6 +17,7 @@
 //! rows (and every rejection message) are arrow-json's; `tests` compare the two on
 //! generated and mutated lines.
 
+use super::decode::find_newline;
 use arrow::array::builder::{BooleanBufferBuilder, NullBufferBuilder};
 use arrow::array::{
     Array, ArrayRef, AsArray, BooleanArray, PrimitiveArray, RecordBatch, StringArray,
@@ -139,7 +140,7 @@ impl PingLines {
     pub(crate) fn read(&mut self, text: &[u8], max_rows: usize) -> Stop {
         while self.at < text.len() {
             let start = self.at;
-            let end = memchr::memchr(b'\n', &text[start..]).map_or(text.len(), |i| start + i);
+            let end = find_newline(text, start).unwrap_or(text.len());
             let line = &text[start..end];
             self.lines += 1;
             self.at = end + 1;
