@@ -152,14 +152,20 @@ pub fn max_speed_kmh(fixes: &mut [Fix]) -> Option<f64> {
     });
     let mut fastest = 0.0_f64;
     for pair in fixes.windows(2) {
-        let (a, b) = (pair[0], pair[1]);
-        let distance = haversine_unchecked_m(a.lat, a.lon, b.lat, b.lon);
-        let moved = (distance - a.accuracy_m - b.accuracy_m).max(0.0);
-        let step_ms = b.ts_ms.saturating_sub(a.ts_ms).max(MIN_STEP_MS);
-        let kmh = moved / (step_ms as f64 / 1_000.0) * 3.6;
-        fastest = fastest.max(kmh);
+        fastest = fastest.max(step_kmh(&pair[0], &pair[1]));
     }
     Some(fastest)
+}
+
+/// Speed, in km/h, of the step from fix `a` to the later fix `b`, as [`max_speed_kmh`]
+/// counts it: the distance less both accuracy radii (floored at zero) over the time step
+/// (floored at [`MIN_STEP_MS`]).
+#[inline]
+pub fn step_kmh(a: &Fix, b: &Fix) -> f64 {
+    let distance = haversine_unchecked_m(a.lat, a.lon, b.lat, b.lon);
+    let moved = (distance - a.accuracy_m - b.accuracy_m).max(0.0);
+    let step_ms = b.ts_ms.saturating_sub(a.ts_ms).max(MIN_STEP_MS);
+    moved / (step_ms as f64 / 1_000.0) * 3.6
 }
 
 /// Seconds spent inside between consecutive samples `(ts_ms, inside)`, or `None` when

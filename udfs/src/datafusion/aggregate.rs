@@ -5,13 +5,16 @@
 //! engine computes sliding windows from per-slide partials). `max_speed_kmh` and
 //! `dwell_seconds` need consecutive pairs by time, which no fixed-size summary of an
 //! interleaved partition preserves, so their state is the list of usable samples; the
-//! radius of gyration merges exactly from five numbers.
+//! radius of gyration merges exactly from five numbers. `max_speed_kmh` can shorten its
+//! list where the caller knows no other fix will fall in between (see [`SettledSpans`]).
 
 use std::mem::size_of;
 use std::sync::Arc;
+use std::sync::Mutex;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, ListArray, PrimitiveArray,
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Float64Builder, Int64Array, Int64Builder,
+    ListArray, PrimitiveArray,
 };
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, Int64Type, UInt64Type};
@@ -69,18 +72,109 @@ fn list_range(list: &ListArray, row: usize) -> std::ops::Range<usize> {
     offsets[row] as usize..offsets[row + 1] as usize
 }
 
+/// Times, shared between a streaming engine and its [`MaxSpeedKmh`], in which the fixes
+/// of the partial states `max_speed_kmh` writes are *settled*: open intervals `(lo, hi)`
+/// of epoch milliseconds such that no fix that is not already in a state will ever be
+/// merged into it with a time strictly inside one. The engine sets them around each merge
+/// of partial states for which it can promise that, and clears them (nothing settled, the
+/// default) otherwise.
+///
+/// A run of consecutive fixes inside one interval has no unknown neighbour, so its steps
+/// are final: the state keeps the run's first fix, carrying the fastest step inside the
+/// run, and its last fix, which still pairs with whatever follows. A state then holds two
+/// fixes for each settled run where it held every fix, and the result is exactly the one
+/// the whole list would give.
+///
+/// Breaking the promise (a fix inside an interval merged later) gives a result that skips
+/// that fix's steps, never a panic.
+#[derive(Debug, Clone, Default)]
+pub struct SettledSpans(Arc<Mutex<Spans>>);
+
+/// Open intervals `(lo, hi)` of epoch milliseconds, sorted and disjoint.
+type Spans = Arc<[(i64, i64)]>;
+
+impl SettledSpans {
+    /// Fixes strictly inside these intervals are settled from now on. They must be
+    /// sorted and disjoint.
+    pub fn set(&self, spans: Vec<(i64, i64)>) {
+        *self.lock() = spans.into();
+    }
+
+    /// Settles every time outside `occupied`: closed intervals `[lo, hi]` holding every
+    /// time a fix not yet in the states may have (in any order, overlapping or not).
+    pub fn set_outside(&self, mut occupied: Vec<(i64, i64)>) {
+        occupied.sort_unstable();
+        let mut spans = Vec::with_capacity(occupied.len() + 1);
+        let mut reach = i64::MIN;
+        for (lo, hi) in occupied {
+            if lo > reach {
+                spans.push((reach, lo));
+            }
+            reach = reach.max(hi);
+        }
+        if reach < i64::MAX {
+            spans.push((reach, i64::MAX));
+        }
+        self.set(spans);
+    }
+
+    /// Nothing is settled from now on.
+    pub fn clear(&self) {
+        *self.lock() = Arc::from([]);
+    }
+
+    /// The current intervals.
+    pub fn get(&self) -> Spans {
+        Arc::clone(&self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Spans> {
+        // A panic elsewhere cannot leave the value half-written: use it as it is.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl PartialEq for SettledSpans {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SettledSpans {}
+
+impl std::hash::Hash for SettledSpans {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state);
+    }
+}
+
 /// `max_speed_kmh(ts, lat, lon, accuracy_m) -> DOUBLE`: the fastest movement between
 /// consecutive usable fixes by time (see [`geo::max_speed_kmh`]); NULL with fewer than two.
 /// `ts` is a TIMESTAMP (any unit) or BIGINT milliseconds.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct MaxSpeedKmh {
     signature: Signature,
+    settled: Option<SettledSpans>,
 }
 
 impl Default for MaxSpeedKmh {
     fn default() -> Self {
         Self {
             signature: Signature::user_defined(Volatility::Immutable),
+            settled: None,
+        }
+    }
+}
+
+impl MaxSpeedKmh {
+    /// The function whose partial states settle their fixes inside `settled` (see
+    /// [`SettledSpans`]). Same name, arguments and results as the default.
+    pub fn settling(settled: SettledSpans) -> Self {
+        Self {
+            settled: Some(settled),
+            ..Self::default()
         }
     }
 }
@@ -122,13 +216,19 @@ impl AggregateUDFImpl for MaxSpeedKmh {
         ])
     }
     fn accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SampleList::<SpeedFixes>::default()))
+        Ok(Box::new(SampleList::<SpeedFixes> {
+            settled: self.settled.clone(),
+            ..SampleList::default()
+        }))
     }
     fn groups_accumulator_supported(&self, _: AccumulatorArgs) -> bool {
         true
     }
     fn create_groups_accumulator(&self, _: AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(SampleGroups::<SpeedFixes>::default()))
+        Ok(Box::new(SampleGroups::<SpeedFixes> {
+            settled: self.settled.clone(),
+            ..SampleGroups::default()
+        }))
     }
 }
 
@@ -212,9 +312,59 @@ trait SampleKind: Send + Sync + 'static {
     fn state_cols(states: &[ArrayRef]) -> Result<(&ListArray, Self::Cols<'_>)>;
     /// The usable sample at position `i`, if any.
     fn item(cols: &Self::Cols<'_>, i: usize) -> Option<Self::Item>;
+    /// Adds what position `i` of a list state holds to `group`: how many samples it added.
+    #[inline]
+    fn merge_item(cols: &Self::Cols<'_>, i: usize, group: &mut Vec<Self::Item>) -> usize {
+        Self::item(cols, i).map_or(0, |x| {
+            group.push(x);
+            1
+        })
+    }
+    /// The length of `group`'s state list.
+    fn state_len(group: &[Self::Item]) -> usize {
+        group.len()
+    }
     /// One flat value array per state column, the groups' samples in order.
     fn state_values(groups: &[Vec<Self::Item>]) -> Vec<ArrayRef>;
     fn evaluate(items: &mut [Self::Item]) -> Option<f64>;
+    /// Shortens `items` where samples inside `spans` are settled (see
+    /// [`SettledSpans`]); only kinds that can do so exactly override it.
+    fn settle(_items: &mut Vec<Self::Item>, _spans: &[(i64, i64)]) {}
+}
+
+/// A usable fix in `max_speed_kmh`'s state. `span_kmh` is NaN, except on the first fix of
+/// a settled run ([`SettledSpans`]), where it is the fastest step from this fix to the
+/// next one kept (the run's last), through the fixes dropped between them.
+#[derive(Clone, Copy, Debug)]
+struct SpeedItem {
+    fix: Fix,
+    span_kmh: f64,
+}
+
+impl SpeedItem {
+    /// The step to `next`, the item after this one in time.
+    #[inline]
+    fn step_kmh(&self, next: &SpeedItem) -> f64 {
+        if self.span_kmh.is_nan() {
+            geo::step_kmh(&self.fix, &next.fix)
+        } else {
+            self.span_kmh
+        }
+    }
+}
+
+/// Sorts by `(ts, lat, lon, accuracy, span)`, the order of [`geo::max_speed_kmh`] made
+/// total over the span too, so that neither input order nor merge order shows.
+fn sort_speed_items(items: &mut [SpeedItem]) {
+    items.sort_unstable_by(|a, b| {
+        let (x, y) = (&a.fix, &b.fix);
+        x.ts_ms
+            .cmp(&y.ts_ms)
+            .then(x.lat.total_cmp(&y.lat))
+            .then(x.lon.total_cmp(&y.lon))
+            .then(x.accuracy_m.total_cmp(&y.accuracy_m))
+            .then(a.span_kmh.total_cmp(&b.span_kmh))
+    });
 }
 
 /// `max_speed_kmh`'s samples: usable fixes.
@@ -223,12 +373,14 @@ struct SpeedFixes;
 
 impl SampleKind for SpeedFixes {
     const NAME: &'static str = "max_speed_kmh";
-    type Item = Fix;
+    type Item = SpeedItem;
+    /// ts, lat, lon, accuracy, and whether they are the values of state lists.
     type Cols<'a> = (
         Int64Array,
         &'a Float64Array,
         &'a Float64Array,
         &'a Float64Array,
+        bool,
     );
     fn arg_cols(values: &[ArrayRef]) -> Result<Self::Cols<'_>> {
         let name = Self::NAME;
@@ -238,6 +390,7 @@ impl SampleKind for SpeedFixes {
             f64s(name, lat)?,
             f64s(name, lon)?,
             f64s(name, acc)?,
+            false,
         ))
     }
     fn state_cols(states: &[ArrayRef]) -> Result<(&ListArray, Self::Cols<'_>)> {
@@ -252,26 +405,127 @@ impl SampleKind for SpeedFixes {
                 "{name}: state lists differ in length"
             )));
         }
-        Ok((list, (ts.clone(), lat, lon, acc)))
+        Ok((list, (ts.clone(), lat, lon, acc, true)))
     }
     #[inline]
-    fn item((ts, lat, lon, acc): &Self::Cols<'_>, i: usize) -> Option<Fix> {
+    fn item((ts, lat, lon, acc, _): &Self::Cols<'_>, i: usize) -> Option<SpeedItem> {
         if ts.is_null(i) || lat.is_null(i) || lon.is_null(i) || acc.is_null(i) {
             return None;
         }
-        Fix::new(ts.value(i), lat.value(i), lon.value(i), acc.value(i))
+        let fix = Fix::new(ts.value(i), lat.value(i), lon.value(i), acc.value(i))?;
+        Some(SpeedItem {
+            fix,
+            span_kmh: f64::NAN,
+        })
     }
-    fn state_values(groups: &[Vec<Fix>]) -> Vec<ArrayRef> {
-        let all = || groups.iter().flatten();
+    /// In a state, a value with a null latitude and a longitude is no fix: it marks the
+    /// fix before it as the first of a settled run, the longitude holding the run's
+    /// fastest step (see [`SpeedFixes::state_values`]).
+    #[inline]
+    fn merge_item(cols: &Self::Cols<'_>, i: usize, group: &mut Vec<SpeedItem>) -> usize {
+        let (_, lat, lon, _, state) = cols;
+        if *state && lat.is_null(i) && lon.is_valid(i) {
+            if let Some(first) = group.last_mut() {
+                first.span_kmh = lon.value(i);
+            }
+            return 0;
+        }
+        Self::item(cols, i).map_or(0, |x| {
+            group.push(x);
+            1
+        })
+    }
+    fn state_len(group: &[SpeedItem]) -> usize {
+        group.len() + group.iter().filter(|x| !x.span_kmh.is_nan()).count()
+    }
+    /// The fixes as lists of ts, lat, lon and accuracy, each first fix of a settled run
+    /// followed by a marker: its time, a null latitude and accuracy, and the run's
+    /// fastest step as longitude. A state without settled runs is just its fixes, with
+    /// no null buffer.
+    fn state_values(groups: &[Vec<SpeedItem>]) -> Vec<ArrayRef> {
+        let n = groups.iter().map(|g| Self::state_len(g)).sum();
+        let mut ts = Int64Builder::with_capacity(n);
+        let mut lat = Float64Builder::with_capacity(n);
+        let mut lon = Float64Builder::with_capacity(n);
+        let mut acc = Float64Builder::with_capacity(n);
+        for x in groups.iter().flatten() {
+            ts.append_value(x.fix.ts_ms);
+            lat.append_value(x.fix.lat);
+            lon.append_value(x.fix.lon);
+            acc.append_value(x.fix.accuracy_m);
+            if !x.span_kmh.is_nan() {
+                ts.append_value(x.fix.ts_ms);
+                lat.append_null();
+                lon.append_value(x.span_kmh);
+                acc.append_null();
+            }
+        }
         vec![
-            Arc::new(all().map(|x| x.ts_ms).collect::<Int64Array>()),
-            Arc::new(all().map(|x| x.lat).collect::<Float64Array>()),
-            Arc::new(all().map(|x| x.lon).collect::<Float64Array>()),
-            Arc::new(all().map(|x| x.accuracy_m).collect::<Float64Array>()),
+            Arc::new(ts.finish()),
+            Arc::new(lat.finish()),
+            Arc::new(lon.finish()),
+            Arc::new(acc.finish()),
         ]
     }
-    fn evaluate(items: &mut [Fix]) -> Option<f64> {
-        geo::max_speed_kmh(items)
+    /// [`geo::max_speed_kmh`] over the items, a settled run counting as its fastest step.
+    fn evaluate(items: &mut [SpeedItem]) -> Option<f64> {
+        if items.len() < 2 {
+            return None;
+        }
+        sort_speed_items(items);
+        let fastest = items
+            .windows(2)
+            .map(|pair| pair[0].step_kmh(&pair[1]))
+            .fold(0.0_f64, f64::max);
+        Some(fastest)
+    }
+    /// Replaces each run of three or more consecutive items inside one of `spans` by
+    /// the run's first item, carrying the fastest step of the run, and its last.
+    fn settle(items: &mut Vec<SpeedItem>, spans: &[(i64, i64)]) {
+        // The span strictly containing `ts`, if any.
+        let span_of = |ts: i64| {
+            let i = spans.partition_point(|s| s.1 <= ts);
+            spans
+                .get(i)
+                .is_some_and(|s| s.0 < ts && ts < s.1)
+                .then_some(i)
+        };
+        if items.len() < 3
+            || items
+                .iter()
+                .filter(|x| span_of(x.fix.ts_ms).is_some())
+                .count()
+                < 3
+        {
+            return;
+        }
+        sort_speed_items(items);
+        let n = items.len();
+        let (mut read, mut write) = (0, 0);
+        while read < n {
+            let span = span_of(items[read].fix.ts_ms);
+            let mut end = read + 1;
+            if span.is_some() {
+                while end < n && span_of(items[end].fix.ts_ms) == span {
+                    end += 1;
+                }
+            }
+            if end - read >= 3 {
+                let mut first = items[read];
+                first.span_kmh = items[read..end]
+                    .windows(2)
+                    .map(|pair| pair[0].step_kmh(&pair[1]))
+                    .fold(0.0_f64, f64::max);
+                items[write] = first;
+                items[write + 1] = items[end - 1];
+                write += 2;
+            } else {
+                items.copy_within(read..end, write);
+                write += end - read;
+            }
+            read = end;
+        }
+        items.truncate(write);
     }
 }
 
@@ -325,12 +579,22 @@ impl SampleKind for DwellSamples {
 /// The sample-list aggregates without groups: the samples seen so far.
 struct SampleList<K: SampleKind> {
     items: Vec<K::Item>,
+    /// Where states settle, for the kinds that can ([`SampleKind::settle`]).
+    settled: Option<SettledSpans>,
 }
 
 impl<K: SampleKind> Default for SampleList<K> {
     fn default() -> Self {
-        Self { items: Vec::new() }
+        Self {
+            items: Vec::new(),
+            settled: None,
+        }
     }
+}
+
+/// The intervals to settle states in now, if any.
+fn settle_in(settled: Option<&SettledSpans>) -> Option<Spans> {
+    settled.map(SettledSpans::get).filter(|s| !s.is_empty())
 }
 
 impl<K: SampleKind> std::fmt::Debug for SampleList<K> {
@@ -354,13 +618,17 @@ impl<K: SampleKind> Accumulator for SampleList<K> {
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
         let (list, cols) = K::state_cols(states)?;
         for row in 0..list.len() {
-            self.items
-                .extend(list_range(list, row).filter_map(|i| K::item(&cols, i)));
+            for i in list_range(list, row) {
+                K::merge_item(&cols, i, &mut self.items);
+            }
         }
         Ok(())
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        if let Some(spans) = settle_in(self.settled.as_ref()) {
+            K::settle(&mut self.items, &spans);
+        }
         Ok(K::state_values(std::slice::from_ref(&self.items))
             .into_iter()
             .map(list_scalar)
@@ -384,6 +652,8 @@ struct SampleGroups<K: SampleKind> {
     groups: Vec<Vec<K::Item>>,
     /// Samples held, for [`GroupsAccumulator::size`] (called per batch: no scan).
     items: usize,
+    /// Where states settle, for the kinds that can ([`SampleKind::settle`]).
+    settled: Option<SettledSpans>,
 }
 
 impl<K: SampleKind> Default for SampleGroups<K> {
@@ -391,6 +661,7 @@ impl<K: SampleKind> Default for SampleGroups<K> {
         Self {
             groups: Vec::new(),
             items: 0,
+            settled: None,
         }
     }
 }
@@ -448,10 +719,7 @@ impl<K: SampleKind> GroupsAccumulator for SampleGroups<K> {
                 continue;
             };
             for i in list_range(list, row) {
-                if let Some(item) = K::item(&cols, i) {
-                    group.push(item);
-                    self.items += 1;
-                }
+                self.items += K::merge_item(&cols, i, group);
             }
         }
         Ok(())
@@ -468,7 +736,12 @@ impl<K: SampleKind> GroupsAccumulator for SampleGroups<K> {
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let groups = self.take(emit_to);
+        let mut groups = self.take(emit_to);
+        if let Some(spans) = settle_in(self.settled.as_ref()) {
+            for g in &mut groups {
+                K::settle(g, &spans);
+            }
+        }
         state_lists::<K>(&groups)
     }
 
@@ -500,7 +773,7 @@ impl<K: SampleKind> GroupsAccumulator for SampleGroups<K> {
 
 /// The state columns of `groups`: one list column per state field, a row per group.
 fn state_lists<K: SampleKind>(groups: &[Vec<K::Item>]) -> Result<Vec<ArrayRef>> {
-    let offsets = OffsetBuffer::from_lengths(groups.iter().map(Vec::len));
+    let offsets = OffsetBuffer::from_lengths(groups.iter().map(|g| K::state_len(g)));
     K::state_values(groups)
         .into_iter()
         .map(|values| {
@@ -613,5 +886,211 @@ impl Accumulator for GyrationAccumulator {
 
     fn size(&self) -> usize {
         size_of::<Self>()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator (xorshift64*), so failures replay.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn unit(&mut self) -> f64 {
+            (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    const GROUPS: usize = 3;
+
+    /// A settling groups accumulator's partial state of `rows` (`(group, fix)`).
+    fn partial(rows: &[(usize, Fix)]) -> Vec<ArrayRef> {
+        let mut acc = SampleGroups::<SpeedFixes>::default();
+        let values: Vec<ArrayRef> = vec![
+            Arc::new(rows.iter().map(|r| r.1.ts_ms).collect::<Int64Array>()),
+            Arc::new(rows.iter().map(|r| r.1.lat).collect::<Float64Array>()),
+            Arc::new(rows.iter().map(|r| r.1.lon).collect::<Float64Array>()),
+            Arc::new(
+                rows.iter()
+                    .map(|r| r.1.accuracy_m)
+                    .collect::<Float64Array>(),
+            ),
+        ];
+        let groups: Vec<usize> = rows.iter().map(|r| r.0).collect();
+        acc.update_batch(&values, &groups, None, GROUPS).unwrap();
+        acc.state(EmitTo::All).unwrap()
+    }
+
+    /// Merges `parts` (each a state with one row per group) settling outside `occupied`:
+    /// the merged state, and the items it holds.
+    fn merge(parts: &[Vec<ArrayRef>], occupied: Vec<(i64, i64)>) -> (Vec<ArrayRef>, usize) {
+        let cell = SettledSpans::default();
+        let mut acc = SampleGroups::<SpeedFixes> {
+            settled: Some(cell.clone()),
+            ..SampleGroups::default()
+        };
+        let rows: Vec<usize> = (0..GROUPS).collect();
+        for p in parts {
+            acc.merge_batch(p, &rows, GROUPS).unwrap();
+        }
+        cell.set_outside(occupied);
+        let state = acc.state(EmitTo::All).unwrap();
+        let items = state[0].as_list::<i32>().values().len();
+        (state, items)
+    }
+
+    /// Pings of three devices arrive a little out of order, in batches; late ones are
+    /// dropped as the engine drops them. Parts merge in random sets, settling outside the
+    /// times the other parts span and those from the watermark on, as the engine's
+    /// compactions do. The end result is bit for bit the one of the whole list, and the
+    /// states stay short.
+    #[test]
+    fn settled_states_give_the_whole_lists_result() {
+        for seed in 1..=60u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let bound = 120_000; // the watermark's lateness bound, ms
+            let mut t = 1_000_000_i64;
+            let mut pings = Vec::new();
+            for _ in 0..600 {
+                t += [0, 1, 500, 2_000, 30_000][rng.below(5) as usize];
+                let g = rng.below(GROUPS as u64) as usize;
+                // Now and then a jump of hundreds of kilometres: an impossible step.
+                let far = if rng.below(20) == 0 { 5.0 } else { 0.01 };
+                let fix = Fix::new(
+                    t - rng.below(bound as u64 + 30_000) as i64,
+                    45.0 + far * rng.unit(),
+                    7.0 + far * rng.unit(),
+                    [0.0, 5.0, 150.0][rng.below(3) as usize],
+                )
+                .unwrap();
+                pings.push((g, fix));
+            }
+            let mut max_ts = i64::MIN;
+            let mut on_time: Vec<Vec<Fix>> = vec![Vec::new(); GROUPS];
+            // (state, (earliest, latest) fix time it may hold)
+            let mut parts: Vec<(Vec<ArrayRef>, (i64, i64))> = Vec::new();
+            let mut held = 0;
+            for batch in pings.chunks(7) {
+                let wm_before = max_ts.saturating_sub(bound);
+                let mut rows = Vec::new();
+                for &(g, fix) in batch {
+                    let wm = max_ts.saturating_sub(bound);
+                    max_ts = max_ts.max(fix.ts_ms);
+                    if fix.ts_ms >= wm {
+                        rows.push((g, fix));
+                        on_time[g].push(fix);
+                    }
+                }
+                if !rows.is_empty() {
+                    let floor = rows.iter().map(|r| r.1.ts_ms).min().unwrap();
+                    let ceil = rows.iter().map(|r| r.1.ts_ms).max().unwrap();
+                    assert!(floor >= wm_before);
+                    parts.push((partial(&rows), (floor, ceil)));
+                }
+                let wm = max_ts.saturating_sub(bound);
+                if parts.len() >= 4 {
+                    let n = 2 + rng.below(3) as usize;
+                    let mut taken = Vec::new();
+                    for _ in 0..n {
+                        taken.push(parts.remove(rng.below(parts.len() as u64) as usize));
+                    }
+                    let mut occupied: Vec<_> = parts.iter().map(|p| p.1).collect();
+                    occupied.push((wm, i64::MAX));
+                    let states: Vec<_> = taken.iter().map(|p| p.0.clone()).collect();
+                    let (state, items) = merge(&states, occupied);
+                    held = items;
+                    let floor = taken.iter().map(|p| p.1.0).min().unwrap();
+                    let ceil = taken.iter().map(|p| p.1.1).max().unwrap();
+                    parts.push((state, (floor, ceil)));
+                }
+            }
+            let states: Vec<_> = parts.iter().map(|p| p.0.clone()).collect();
+            let (state, _) = merge(&states, vec![(i64::MIN, i64::MAX)]);
+            let mut fin = SampleGroups::<SpeedFixes>::default();
+            fin.merge_batch(&state, &(0..GROUPS).collect::<Vec<_>>(), GROUPS)
+                .unwrap();
+            let got = fin.evaluate(EmitTo::All).unwrap();
+            let got = got.as_primitive::<Float64Type>();
+            for (g, fixes) in on_time.iter_mut().enumerate() {
+                let want = geo::max_speed_kmh(fixes);
+                let have = got.is_valid(g).then(|| got.value(g));
+                assert_eq!(
+                    have.map(f64::to_bits),
+                    want.map(f64::to_bits),
+                    "seed {seed}, group {g}: {have:?} != {want:?}"
+                );
+            }
+            let total: usize = on_time.iter().map(Vec::len).sum();
+            assert!(
+                held * 3 < total,
+                "seed {seed}: a merged state held {held} of {total} fixes"
+            );
+        }
+    }
+
+    #[test]
+    fn settled_spans_are_the_gaps_between_occupied_times() {
+        let s = SettledSpans::default();
+        s.set_outside(vec![(50, 60), (10, 20), (15, 30), (90, i64::MAX)]);
+        assert_eq!(&*s.get(), &[(i64::MIN, 10), (30, 50), (60, 90)]);
+        s.set_outside(vec![]);
+        assert_eq!(&*s.get(), &[(i64::MIN, i64::MAX)]);
+        s.clear();
+        assert!(s.get().is_empty());
+        // A run inside the middle span settles; the fixes around it stay.
+        let item = |ts: i64| SpeedItem {
+            fix: Fix::new(ts, ts as f64 / 1_000.0, 0.0, 0.0).unwrap(),
+            span_kmh: f64::NAN,
+        };
+        let mut items: Vec<SpeedItem> = [5, 12, 31, 35, 40, 49, 55].map(item).to_vec();
+        let mut all: Vec<Fix> = items.iter().map(|x| x.fix).collect();
+        SpeedFixes::settle(&mut items, &[(i64::MIN, 10), (30, 50), (60, 90)]);
+        let ts: Vec<i64> = items.iter().map(|x| x.fix.ts_ms).collect();
+        assert_eq!(ts, [5, 12, 31, 49, 55]);
+        assert_eq!(
+            SpeedFixes::evaluate(&mut items),
+            geo::max_speed_kmh(&mut all)
+        );
+    }
+
+    /// Settling keeps both ends of a run and the fixes outside it, and leaves a run of
+    /// fewer than three settled fixes as it is.
+    #[test]
+    fn settle_keeps_both_ends_of_the_run() {
+        let fix = |ts, lat| Fix::new(ts, lat, 0.0, 0.0).unwrap();
+        let item = |fix| SpeedItem {
+            fix,
+            span_kmh: f64::NAN,
+        };
+        let mut items: Vec<SpeedItem> = [3_000, 0, 1_000, 2_000, 9_000]
+            .iter()
+            .zip([0.3, 0.0, 0.1, 0.2, 0.9])
+            .map(|(&ts, lat)| item(fix(ts, lat)))
+            .collect();
+        let mut all: Vec<Fix> = items.iter().map(|x| x.fix).collect();
+        let want = geo::max_speed_kmh(&mut all);
+        let mut two = items[..2].to_vec();
+        SpeedFixes::settle(&mut two, &[(i64::MIN, i64::MAX)]);
+        assert_eq!(two.len(), 2);
+        assert!(two.iter().all(|x| x.span_kmh.is_nan()));
+        SpeedFixes::settle(&mut items, &[(i64::MIN, 2_500)]);
+        let ts: Vec<i64> = items.iter().map(|x| x.fix.ts_ms).collect();
+        assert_eq!(ts, [0, 2_000, 3_000, 9_000]);
+        assert!(!items[0].span_kmh.is_nan() && items[1].span_kmh.is_nan());
+        assert_eq!(SpeedFixes::evaluate(&mut items), want);
+        SpeedFixes::settle(&mut items, &[(i64::MIN, i64::MAX)]);
+        assert_eq!(items.len(), 2);
+        assert_eq!(SpeedFixes::evaluate(&mut items), want);
     }
 }

@@ -12,7 +12,7 @@ use datafusion_common::Result;
 use datafusion_expr::registry::FunctionRegistry;
 use datafusion_expr::{AggregateUDF, ScalarUDF};
 
-pub use aggregate::{DwellSeconds, MaxSpeedKmh, RadiusOfGyrationM};
+pub use aggregate::{DwellSeconds, MaxSpeedKmh, RadiusOfGyrationM, SettledSpans};
 pub use h3::{H3Cell, H3GridDistance, H3InArea, H3Parent};
 pub use scalar::{Geofence, HaversineM, ImsiMcc, LuhnValid, MccCountry};
 
