@@ -47,6 +47,10 @@ enum QueryState {
         /// Compaction level of each batch, in the same order (absent: all 0).
         #[serde(default)]
         levels: Vec<u8>,
+        /// `[floor, ceil]` of each batch ([`Part::floor`]), in the same order (absent:
+        /// all time, which settles nothing beside the part until it is compacted).
+        #[serde(default)]
+        times: Vec<(i64, i64)>,
     },
     Session {
         next_close: i64,
@@ -154,6 +158,7 @@ impl Engine {
                             next_start: h.next_start,
                             buckets: h.buckets.iter().map(|(k, v)| (*k, v.len())).collect(),
                             levels: parts().map(|p| p.level).collect(),
+                            times: parts().map(|p| (p.floor, p.ceil)).collect(),
                         });
                         let all: Vec<RecordBatch> = parts().map(|p| p.batch.clone()).collect();
                         state.push((w.partial_schema.clone(), all));
@@ -215,6 +220,7 @@ impl Engine {
                         next_start,
                         buckets,
                         levels,
+                        times,
                     },
                     QueryKind::Windowed(w),
                 ) => {
@@ -227,13 +233,19 @@ impl Engine {
                         next_start: *next_start,
                     };
                     let mut levels = levels.iter().copied();
+                    let mut times = times.iter().copied();
                     for (k, count) in buckets {
                         let v: Vec<Part> = batches
                             .by_ref()
                             .take(*count)
-                            .map(|batch| Part {
-                                batch,
-                                level: levels.next().unwrap_or(0),
+                            .map(|batch| {
+                                let (floor, ceil) = times.next().unwrap_or((i64::MIN, i64::MAX));
+                                Part {
+                                    batch,
+                                    level: levels.next().unwrap_or(0),
+                                    floor,
+                                    ceil,
+                                }
                             })
                             .collect();
                         if v.len() != *count {

@@ -35,9 +35,11 @@ use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, TimestampMillisec
 use arrow::compute::{filter_record_batch, not};
 use arrow::datatypes::SchemaRef;
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::AggregateUDF;
 use datafusion::physical_plan::{ExecutionPlan, collect};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use leasewatch_schemas::{col, ping_schema};
+use leasewatch_udfs::datafusion::{MaxSpeedKmh, SettledSpans};
 use lookup_join::LookupTable;
 use plan::{Output, PINGS, QueryKind, SWEEP, SourceBinding, SweepBinding, WindowState, Windowed};
 use sql::{LoadError, Pos, Program, SqlError, TableKind};
@@ -210,6 +212,8 @@ pub struct Engine {
     lookups: Vec<(String, Arc<crate::lookup::RedisLookup>)>,
     sink_names: Vec<String>,
     watermark_cell: window::WatermarkCell,
+    /// Where `max_speed_kmh` settles its fixes, set around compactions.
+    settle: SettledSpans,
     sinks: Vec<Box<dyn Sink>>,
     captures: BTreeMap<String, MemorySink>,
     late_sink: Option<usize>,
@@ -248,10 +252,10 @@ const UPPER_COMPACTIONS_PER_BATCH: usize = 1;
 /// The highest level of the parts a compaction merges (into one part of the next level).
 /// A part of level 5 holds 16·4⁴ = 4,096 batches and, at any volume where compaction
 /// matters, nearly every device of its bucket: merging such parts barely reduces rows,
-/// and for list-valued partial state (`max_speed_kmh`'s fixes) not at all, while one
-/// merge of four of them took 7.5 s and 2 GB at 100,000 pings/s (the 5-minute drive in
-/// `load-tests/README.md`). Parts of level 5 wait for the window's final merge, which
-/// reads every part once anyway.
+/// and for list-valued partial state (`max_speed_kmh`'s fixes, before compactions
+/// settled them) not at all, while one merge of four of them took 7.5 s and 2 GB at
+/// 100,000 pings/s (the 5-minute drive in `load-tests/README.md`). Parts of level 5 wait
+/// until the watermark closes their bucket, which compacts all its parts once.
 const MAX_COMPACTION_LEVEL: u8 = 4;
 
 impl Engine {
@@ -318,6 +322,9 @@ impl Engine {
         for udaf in &functions.aggregate {
             ctx.register_udaf(udaf.as_ref().clone());
         }
+        // In place of the default: compactions settle its fixes (see `accumulate`).
+        let settle = SettledSpans::default();
+        ctx.register_udaf(AggregateUDF::from(MaxSpeedKmh::settling(settle.clone())));
         let (source, sweep) = plan::bind_tables(&ctx, program, options.redis_url.as_deref())?;
         let mut streams: HashMap<String, usize> = HashMap::new();
         if let Some(s) = &source {
@@ -431,6 +438,7 @@ impl Engine {
                 .collect(),
             sink_names,
             watermark_cell,
+            settle,
             sinks,
             captures,
             late_sink,
@@ -586,9 +594,10 @@ impl Engine {
             let n = ontime.num_rows();
             slot.set(vec![ontime]);
             let mut upper = UPPER_COMPACTIONS_PER_BATCH;
+            let settle = (&self.settle, self.clock.watermark());
             for q in &mut self.queries {
                 if let QueryKind::Windowed(w) = &mut q.kind {
-                    accumulate(w, &self.task, &q.pos, &mut upper).await?;
+                    accumulate(w, &self.task, &q.pos, &mut upper, settle).await?;
                     count(&mut self.stats, &q.name, n, &[]);
                 }
             }
@@ -972,11 +981,19 @@ async fn run(
 /// Runs the pre-window plan on the on-time batch in the source slot and files the
 /// result as window state, then compacts its slide buckets: every compaction due at
 /// level 0, and at most `upper` of higher levels (counted down).
+///
+/// `settle` is the engine's [`SettledSpans`] and the watermark after this batch. No row
+/// older than the watermark enters window state from now on, and the rows of each part
+/// lie between its floor and ceiling, so a compaction's result will only ever be merged
+/// with rows at or after the watermark or inside the other parts' `[floor, ceil]`:
+/// `max_speed_kmh` settles its fixes everywhere else (in queries where
+/// [`Windowed::settles`]).
 async fn accumulate(
     w: &mut Windowed,
     task: &Arc<TaskContext>,
     pos: &Pos,
     upper: &mut usize,
+    (settled, watermark): (&SettledSpans, i64),
 ) -> Result<(), EngineError> {
     let pre = run(&w.pre, task, pos).await?;
     let mut with_window = Vec::with_capacity(pre.len());
@@ -993,41 +1010,62 @@ async fn accumulate(
             WindowSpec::Session { .. } => window::window_array(ts.clone(), ts.clone()),
         };
         let min_ts = ts.iter().copied().min().unwrap_or(i64::MAX);
+        let max_ts = ts.iter().copied().max().unwrap_or(i64::MIN);
         let mut cols = b.columns().to_vec();
         cols.push(key);
         let rb = RecordBatch::try_new(w.agg_in_schema.clone(), cols).map_err(internal)?;
-        with_window.push((rb, min_ts));
+        with_window.push((rb, (min_ts, max_ts)));
     }
     match (&mut w.state, w.spec) {
         (WindowState::Hop(h), _) => {
             if with_window.is_empty() {
                 return Ok(());
             }
+            let floor = with_window
+                .iter()
+                .map(|(_, t)| t.0)
+                .min()
+                .unwrap_or(i64::MIN);
+            let ceil = with_window
+                .iter()
+                .map(|(_, t)| t.1)
+                .max()
+                .unwrap_or(i64::MAX);
             w.agg_in_slot
                 .set(with_window.into_iter().map(|(b, _)| b).collect());
             let partial = run(&w.partial, task, pos).await;
             w.agg_in_slot.clear();
             for p in partial? {
-                h.insert(&p, w.window_index).map_err(internal)?;
+                h.insert(&p, w.window_index, (floor, ceil))
+                    .map_err(internal)?;
             }
+            let closed_at = match w.spec {
+                WindowSpec::Hop { slide_ms, .. } => watermark.saturating_sub(slide_ms),
+                WindowSpec::Session { .. } => i64::MIN,
+            };
             loop {
                 let max_level = if *upper > 0 { MAX_COMPACTION_LEVEL } else { 0 };
-                let Some((k, level, batches)) = h.take_compaction(COMPACT_FANIN, max_level) else {
+                let Some(c) = h.take_compaction(COMPACT_FANIN, max_level, closed_at) else {
                     break;
                 };
-                if level > 0 {
+                if c.level > 0 {
                     *upper -= 1;
                 }
                 let started = std::time::Instant::now();
-                let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-                w.final_slot.set(batches.clone());
+                w.final_slot.set(c.batches());
+                if w.settles {
+                    let mut occupied = c.others.clone();
+                    occupied.push((watermark, i64::MAX));
+                    settled.set_outside(occupied);
+                }
                 let reduced = run(&w.reduce, task, pos).await;
+                settled.clear();
                 w.final_slot.clear();
                 tracing::debug!(
                     query = %pos,
-                    bucket = k,
-                    level,
-                    rows,
+                    bucket = c.bucket,
+                    level = c.level,
+                    rows = c.rows(),
                     ms = started.elapsed().as_millis(),
                     "compaction"
                 );
@@ -1035,7 +1073,7 @@ async fn accumulate(
                     Ok(r) => r,
                     Err(e) => {
                         // The parts stay as they were: state is never dropped.
-                        h.put_back(k, level, batches);
+                        h.put_back(c);
                         return Err(e);
                     }
                 };
@@ -1044,11 +1082,11 @@ async fn accumulate(
                     _ => arrow::compute::concat_batches(&w.partial_schema, &reduced)
                         .map_err(internal)?,
                 };
-                h.compacted(k, level, one);
+                h.compacted(&c, one);
             }
         }
         (WindowState::Session(s), WindowSpec::Session { gap_ms }) => {
-            for (b, min_ts) in with_window {
+            for (b, (min_ts, _)) in with_window {
                 s.insert(b, min_ts, gap_ms);
             }
         }

@@ -114,6 +114,9 @@ pub struct Windowed {
     pub reduce: Arc<dyn ExecutionPlan>,
     /// Index of the window column among the group columns.
     pub window_index: usize,
+    /// Whether compactions may settle `max_speed_kmh`'s fixes: every call of it here takes
+    /// the window's event time as its time (see [`settles`]).
+    pub settles: bool,
     /// Group-key expressions other than the window, over `agg_in_schema` (sessions).
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
     /// Slot read by `post` (final output, renamed), and its schema.
@@ -539,6 +542,7 @@ async fn compile(
     let lowest = lowest_aggregate(&agg_physical).ok_or_else(|| {
         EngineError::Internal("no AggregateExec in the windowed aggregate's plan".into())
     })?;
+    let settles = in_schema.field(ts_index).name() == &ts_name && settles(lowest, ts_index);
     let internal = |e: datafusion::error::DataFusionError| EngineError::Internal(e.to_string());
     let partial = Arc::new(
         AggregateExec::try_new(
@@ -665,6 +669,7 @@ async fn compile(
             final_agg,
             reduce,
             window_index: w_idx,
+            settles,
             keys,
             post_slot,
             post_schema,
@@ -672,6 +677,24 @@ async fn compile(
             state,
         })),
     })
+}
+
+/// Whether every `max_speed_kmh` of `agg` takes column `ts_index`, the window's event
+/// time, as it is. Only then do the engine's guarantees on event time (no row older than
+/// the watermark enters window state) hold for the fixes' times, so that a compaction may
+/// settle them (`leasewatch_udfs::datafusion::SettledSpans`).
+fn settles(agg: &AggregateExec, ts_index: usize) -> bool {
+    use datafusion::physical_expr::expressions::Column as ColumnExpr;
+    agg.aggr_expr()
+        .iter()
+        .filter(|a| a.fun().name() == "max_speed_kmh")
+        .all(|a| {
+            !a.is_distinct()
+                && a.expressions()
+                    .first()
+                    .and_then(|e| e.downcast_ref::<ColumnExpr>())
+                    .is_some_and(|c| c.index() == ts_index)
+        })
 }
 
 fn lowest_aggregate(plan: &Arc<dyn ExecutionPlan>) -> Option<&AggregateExec> {

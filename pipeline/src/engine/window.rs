@@ -224,6 +224,9 @@ pub fn with_column(
     RecordBatch::try_new(batch.schema(), cols)
 }
 
+/// The level of the one part a bucket the watermark has passed is compacted into.
+pub const CLOSED_LEVEL: u8 = u8::MAX;
+
 /// One partial-state batch of a slide bucket.
 #[derive(Debug, Clone)]
 pub struct Part {
@@ -231,6 +234,37 @@ pub struct Part {
     pub batch: RecordBatch,
     /// How many times its rows went through a compaction (0: straight from a batch).
     pub level: u8,
+    /// No row of it has an event time before this (ms): the earliest time in the batch
+    /// it came from, or in the parts it was compacted from.
+    pub floor: i64,
+    /// Nor after this: the latest such time.
+    pub ceil: i64,
+}
+
+/// Parts of one bucket and level taken out for a compaction ([`HopState::take_compaction`]).
+#[derive(Debug)]
+pub struct Compaction {
+    /// The slide bucket's start.
+    pub bucket: i64,
+    /// The parts' level.
+    pub level: u8,
+    /// The parts taken.
+    pub parts: Vec<Part>,
+    /// `[floor, ceil]` of each of the bucket's other parts: the times of the rows the
+    /// compacted part may later be merged with, besides rows yet to come.
+    pub others: Vec<(i64, i64)>,
+}
+
+impl Compaction {
+    /// The parts' batches.
+    pub fn batches(&self) -> Vec<RecordBatch> {
+        self.parts.iter().map(|p| p.batch.clone()).collect()
+    }
+
+    /// Rows taken.
+    pub fn rows(&self) -> usize {
+        self.parts.iter().map(|p| p.batch.num_rows()).sum()
+    }
 }
 
 /// How many parts of one level a slide bucket compacts into one part of the next.
@@ -260,8 +294,14 @@ pub struct HopState {
 }
 
 impl HopState {
-    /// Files partial-state rows by bucket (their window key: the slide's start).
-    pub fn insert(&mut self, partial: &RecordBatch, window_col: usize) -> Result<(), String> {
+    /// Files partial-state rows by bucket (their window key: the slide's start). The rows
+    /// they were aggregated from have event times in `[floor, ceil]`.
+    pub fn insert(
+        &mut self,
+        partial: &RecordBatch,
+        window_col: usize,
+        (floor, ceil): (i64, i64),
+    ) -> Result<(), String> {
         if partial.num_rows() == 0 {
             return Ok(());
         }
@@ -272,7 +312,7 @@ impl HopState {
             .ok_or("partial state has no window column")?;
         let first = starts.value(0);
         if starts.values().iter().all(|v| *v == first) {
-            self.push(first, partial.clone());
+            self.push(first, partial.clone(), floor, ceil);
             return Ok(());
         }
         let mut distinct: Vec<i64> = starts.values().to_vec();
@@ -281,16 +321,20 @@ impl HopState {
         for b in distinct {
             let mask: BooleanArray = starts.values().iter().map(|v| Some(*v == b)).collect();
             let part = filter_record_batch(partial, &mask).map_err(|e| e.to_string())?;
-            self.push(b, part);
+            self.push(b, part, floor, ceil);
         }
         Ok(())
     }
 
-    fn push(&mut self, bucket: i64, batch: RecordBatch) {
-        self.buckets
-            .entry(bucket)
-            .or_default()
-            .push(Part { batch, level: 0 });
+    fn push(&mut self, bucket: i64, batch: RecordBatch, floor: i64, ceil: i64) {
+        // A bucket holds no row before its start.
+        let floor = floor.max(bucket);
+        self.buckets.entry(bucket).or_default().push(Part {
+            batch,
+            level: 0,
+            floor,
+            ceil,
+        });
     }
 
     /// The next compaction due of a level up to `max_level`: the lowest level of a
@@ -304,12 +348,27 @@ impl HopState {
     /// times, whereas reducing a whole bucket whenever it grew by `fanin` batches made
     /// the work per batch grow with the devices already in it. Parts are merged in
     /// any order: where they sit in the bucket does not matter.
+    ///
+    /// A bucket starting at or before `closed_at` gets no more rows (the watermark has
+    /// passed its end): when `max_level` allows more than level 0, all its parts are
+    /// compacted into one of [`CLOSED_LEVEL`], once, which is all the bucket holds until
+    /// its last window is emitted.
     pub fn take_compaction(
         &mut self,
         fanin: Fanin,
         max_level: u8,
-    ) -> Option<(i64, u8, Vec<RecordBatch>)> {
+        closed_at: i64,
+    ) -> Option<Compaction> {
         for (&k, parts) in &mut self.buckets {
+            let closed_once = matches!(parts.as_slice(), [p] if p.level == CLOSED_LEVEL);
+            if k <= closed_at && max_level > 0 && !parts.is_empty() && !closed_once {
+                return Some(Compaction {
+                    bucket: k,
+                    level: CLOSED_LEVEL,
+                    parts: std::mem::take(parts),
+                    others: Vec::new(),
+                });
+            }
             let top = parts
                 .iter()
                 .map(|p| p.level)
@@ -325,28 +384,44 @@ impl HopState {
             };
             let n = fanin.of(level);
             let mut taken = Vec::with_capacity(n);
-            parts.retain(|p| {
+            let mut kept = Vec::with_capacity(parts.len());
+            for p in parts.drain(..) {
                 if taken.len() < n && p.level == level {
-                    taken.push(p.batch.clone());
-                    false
+                    taken.push(p);
                 } else {
-                    true
+                    kept.push(p);
                 }
+            }
+            *parts = kept;
+            return Some(Compaction {
+                bucket: k,
+                level,
+                others: parts.iter().map(|p| (p.floor, p.ceil)).collect(),
+                parts: taken,
             });
-            return Some((k, level, taken));
         }
         None
     }
 
-    /// Returns parts [`HopState::take_compaction`] took, when their compaction failed.
-    pub fn put_back(&mut self, bucket: i64, level: u8, batches: Vec<RecordBatch>) {
-        let parts = self.buckets.entry(bucket).or_default();
-        parts.extend(batches.into_iter().map(|batch| Part { batch, level }));
+    /// Returns the parts of a compaction that failed.
+    pub fn put_back(&mut self, c: Compaction) {
+        self.buckets.entry(c.bucket).or_default().extend(c.parts);
     }
 
-    /// Files the result of a compaction of `bucket`'s parts of `level`.
-    pub fn compacted(&mut self, bucket: i64, level: u8, batch: RecordBatch) {
-        self.put_back(bucket, level.saturating_add(1), vec![batch]);
+    /// Files `batch`, the result of compaction `c`, one level up (closed: at the same).
+    pub fn compacted(&mut self, c: &Compaction, batch: RecordBatch) {
+        let floor = c.parts.iter().map(|p| p.floor).min().unwrap_or(c.bucket);
+        let ceil = c.parts.iter().map(|p| p.ceil).max().unwrap_or(i64::MAX);
+        self.buckets.entry(c.bucket).or_default().push(Part {
+            batch,
+            level: if c.level == CLOSED_LEVEL {
+                CLOSED_LEVEL
+            } else {
+                c.level.saturating_add(1)
+            },
+            floor,
+            ceil,
+        });
     }
 
     /// Windows whose end is at or before `watermark`: `(start, partial batches)`, oldest
@@ -542,7 +617,7 @@ mod tests {
     fn hop_emits_each_window_once_with_its_buckets() {
         let mut h = HopState::default();
         let (slide, width) = (60_000, 180_000);
-        h.insert(&partial(&[0, 60_000, 60_000, 240_000]), 0)
+        h.insert(&partial(&[0, 60_000, 60_000, 240_000]), 0, (0, 0))
             .unwrap();
         assert_eq!(h.buckets.len(), 3);
         // window [-120000, 60000) ends at 60000
@@ -568,12 +643,12 @@ mod tests {
         let mut reductions = Vec::new();
         // 4 * 3 + 2 batches into one bucket, each compaction "reducing" to one row.
         for _ in 0..14 {
-            h.insert(&partial(&[0, 0]), 0).unwrap();
-            while let Some((k, level, batches)) = h.take_compaction(fanin, u8::MAX) {
-                assert_eq!(k, 0);
-                assert_eq!(batches.len(), fanin.of(level));
-                reductions.push(level);
-                h.compacted(k, level, partial(&[0]));
+            h.insert(&partial(&[0, 0]), 0, (0, 0)).unwrap();
+            while let Some(c) = h.take_compaction(fanin, u8::MAX, i64::MIN) {
+                assert_eq!(c.bucket, 0);
+                assert_eq!(c.parts.len(), fanin.of(c.level));
+                reductions.push(c.level);
+                h.compacted(&c, partial(&[0]));
             }
         }
         // Three compactions of level 0 (4 parts each) and, after the third, one of
@@ -581,35 +656,35 @@ mod tests {
         assert_eq!(reductions, vec![0, 0, 0, 1]);
         let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
         assert_eq!(levels, vec![2, 0, 0]);
-        assert!(h.take_compaction(fanin, u8::MAX).is_none());
+        assert!(h.take_compaction(fanin, u8::MAX, i64::MIN).is_none());
         // A failed compaction puts its parts back as they were.
-        h.insert(&partial(&[0]), 0).unwrap();
-        h.insert(&partial(&[0]), 0).unwrap();
-        let (k, level, batches) = h.take_compaction(fanin, u8::MAX).unwrap();
-        h.put_back(k, level, batches);
+        h.insert(&partial(&[0]), 0, (0, 0)).unwrap();
+        h.insert(&partial(&[0]), 0, (0, 0)).unwrap();
+        let c = h.take_compaction(fanin, u8::MAX, i64::MIN).unwrap();
+        h.put_back(c);
         let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
         assert_eq!(levels, vec![2, 0, 0, 0, 0]);
         // Compactions above `max_level` wait; the parts stay where they are.
-        let (k, level, _) = h.take_compaction(fanin, u8::MAX).unwrap();
-        h.compacted(k, level, partial(&[0]));
+        let c = h.take_compaction(fanin, u8::MAX, i64::MIN).unwrap();
+        h.compacted(&c, partial(&[0]));
         for _ in 0..8 {
-            h.insert(&partial(&[0]), 0).unwrap();
-            while let Some((k, level, _)) = h.take_compaction(fanin, 0) {
-                assert_eq!(level, 0);
-                h.compacted(k, level, partial(&[0]));
+            h.insert(&partial(&[0]), 0, (0, 0)).unwrap();
+            while let Some(c) = h.take_compaction(fanin, 0, i64::MIN) {
+                assert_eq!(c.level, 0);
+                h.compacted(&c, partial(&[0]));
             }
         }
         let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
         assert_eq!(levels, vec![2, 1, 1, 1]);
         // Put off, they are still found once new parts sit after them.
-        h.insert(&partial(&[0]), 0).unwrap();
-        let (k, level, batches) = h.take_compaction(fanin, u8::MAX).unwrap();
-        assert_eq!((level, batches.len()), (1, 3));
-        h.compacted(k, level, partial(&[0]));
+        h.insert(&partial(&[0]), 0, (0, 0)).unwrap();
+        let c = h.take_compaction(fanin, u8::MAX, i64::MIN).unwrap();
+        assert_eq!((c.level, c.parts.len()), (1, 3));
+        h.compacted(&c, partial(&[0]));
         let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
         assert_eq!(levels, vec![2, 0, 2]);
         // Two of level 2 (fan-in 3): nothing more is due.
-        assert!(h.take_compaction(fanin, u8::MAX).is_none());
+        assert!(h.take_compaction(fanin, u8::MAX, i64::MIN).is_none());
     }
 }
 

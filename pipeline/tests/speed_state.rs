@@ -1,0 +1,175 @@
+//! `max_speed_kmh` in hop windows: compactions settle its fixes (the state keeps the ends
+//! of each settled run), which must give exactly the rows of the whole lists while the
+//! window state stays a fraction of their size.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use arrow::array::RecordBatch;
+use leasewatch::engine::{Engine, EngineOptions};
+use leasewatch_schemas::DevicePing;
+use support::product::{MIN, NAIROBI, Place, T0, imei, ping};
+
+/// The impossible-travel query (`sql/impossible_travel.sql`) without its threshold, with
+/// the time argument given as `TIME`.
+fn sql(time: &str) -> String {
+    format!(
+        r#"
+CREATE TABLE pings (
+  device_id TEXT NOT NULL,
+  event_time TIMESTAMP NOT NULL,
+  lat DOUBLE,
+  lon DOUBLE,
+  accuracy_m REAL,
+  event_kind TEXT NOT NULL,
+  WATERMARK FOR event_time AS (event_time - INTERVAL '2' MINUTE)
+) WITH (connector = 'leasewatch');
+
+CREATE TABLE speeds WITH (connector = 'blackhole');
+INSERT INTO speeds
+SELECT device_id, window.start AS window_start, kmh
+FROM (
+  SELECT device_id, hop(INTERVAL '15' MINUTE, INTERVAL '30' MINUTE) AS window,
+         max_speed_kmh({time}, lat, lon, accuracy_m) AS kmh
+  FROM pings
+  WHERE lat IS NOT NULL AND accuracy_m <= 200
+  GROUP BY 1, 2
+);
+"#
+    )
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Two hours of 20 devices pinging about every 1.5 s, in arrival order: phone clocks off by
+/// up to 150 s (so some pings are behind the watermark), positions wandering around
+/// Nairobi with a jump of a few hundred kilometres now and then, accuracy from 5 m to
+/// 400 m (the query keeps fixes up to 200 m).
+fn pings() -> Vec<DevicePing> {
+    let mut rng = Rng(0x5eed_1234_9876_abcd);
+    let mut out = Vec::new();
+    let mut t = T0;
+    while t < T0 + 120 * MIN {
+        t += 75;
+        let device = imei(31, rng.below(20) as u32);
+        let skew = rng.below(300_000) as i64 - 150_000;
+        let skew = skew / [1, 1, 1, 10][rng.below(4) as usize];
+        let far = if rng.below(500) == 0 { 3.0 } else { 0.02 };
+        let place = Place {
+            lat: NAIROBI.lat + far * (rng.below(1_000) as f64 / 1_000.0 - 0.5),
+            lon: NAIROBI.lon + far * (rng.below(1_000) as f64 / 1_000.0 - 0.5),
+        };
+        let mut p = ping(&device, t + skew, place, "sim");
+        p.accuracy_m = Some([5.0, 20.0, 150.0, 400.0][rng.below(4) as usize]);
+        out.push(p);
+    }
+    out
+}
+
+/// Arrival-ordered batches of `rows` pings.
+fn batches(pings: &[DevicePing], rows: usize) -> Vec<RecordBatch> {
+    pings
+        .chunks(rows)
+        .map(|chunk| {
+            let text: String = chunk
+                .iter()
+                .map(|p| serde_json::to_string(p).unwrap() + "\n")
+                .collect();
+            let d = leasewatch::ingest::decode_ndjson(text.as_bytes(), chunk.len()).unwrap();
+            assert!(d.rejected.is_empty(), "{:?}", d.rejected);
+            d.batch
+        })
+        .collect()
+}
+
+/// What a run gave.
+struct Run {
+    /// Sink rows, sorted.
+    rows: Vec<String>,
+    /// Window state after each batch, in bytes: the largest and the mean.
+    peak: usize,
+    mean: usize,
+    /// Pings behind the watermark.
+    late: u64,
+}
+
+async fn run(sql: &str, batches: &[RecordBatch]) -> Run {
+    let options = EngineOptions {
+        capture_sinks: true,
+        ..EngineOptions::default()
+    };
+    let files = [("speed.sql".to_string(), sql.to_string())];
+    let mut engine = Engine::from_files(&files, &options).await.unwrap();
+    let (mut peak, mut sum) = (0, 0);
+    for b in batches {
+        engine.process(b).await.unwrap();
+        let bytes = engine.state_size().1;
+        peak = peak.max(bytes);
+        sum += bytes;
+    }
+    engine.finish().await.unwrap();
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow_json::LineDelimitedWriter::new(&mut buf);
+        for b in engine.take_captured("speeds") {
+            w.write(&b).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let mut rows: Vec<String> = String::from_utf8(buf)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    rows.sort();
+    Run {
+        rows,
+        peak,
+        mean: sum / batches.len().max(1),
+        late: engine.stats().late,
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn settled_speed_state_gives_the_same_rows_in_a_fraction_of_the_memory() {
+    let batches = batches(&pings(), 100);
+    // The event time itself: compactions settle. Cast to BIGINT (the same milliseconds),
+    // it is no longer the window's column, so the engine keeps every fix.
+    let settled = run(&sql("event_time"), &batches).await;
+    let whole = run(&sql("CAST(event_time AS BIGINT)"), &batches).await;
+    assert!(
+        settled.late > 0,
+        "some pings should be behind the watermark"
+    );
+    assert!(settled.rows.len() > 100, "{} rows", settled.rows.len());
+    assert!(
+        settled
+            .rows
+            .iter()
+            .any(|r| r.contains("\"kmh\":") && !r.contains("\"kmh\":0.0")),
+        "no movement measured"
+    );
+    assert_eq!(settled.rows, whole.rows);
+    assert!(
+        settled.peak * 4 < whole.peak * 3 && settled.mean * 3 < whole.mean * 2,
+        "window state: peak {} bytes settled, {} whole; mean {} and {}",
+        settled.peak,
+        whole.peak,
+        settled.mean,
+        whole.mean
+    );
+}
