@@ -333,7 +333,20 @@ pub async fn replay(
             summary.window_state_bytes_peak = summary.window_state_bytes_peak.max(bytes as u64);
             batches += 1;
             if batches.is_multiple_of(16) {
-                bar.set_message(format!("{} pings", engine.stats().pings_in));
+                bar.set_message(format!(
+                    "{} pings, window state {:.1} MB",
+                    engine.stats().pings_in,
+                    bytes as f64 / 1e6
+                ));
+            }
+            if batches.is_multiple_of(64) {
+                tracing::debug!(
+                    pings = engine.stats().pings_in,
+                    watermark_ms = engine.watermark(),
+                    state_rows = rows,
+                    state_bytes = bytes,
+                    "replay progress"
+                );
             }
         }
     }
