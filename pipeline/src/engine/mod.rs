@@ -222,6 +222,8 @@ pub struct Engine {
     fingerprint: u64,
     /// The last [`Engine::process`] failed before anything changed.
     failed_without_effect: bool,
+    /// Which windowed query is offered the batch's upper compaction first.
+    compaction_turn: usize,
 }
 
 impl std::fmt::Debug for Engine {
@@ -246,7 +248,8 @@ const COMPACT_FANIN: window::Fanin = window::Fanin {
 /// Compactions of level 1 and up, per batch processed, across every windowed query.
 /// They merge parts that each hold most of the devices: every query reaches them on
 /// the same batch, and doing them all at once paused the engine for seconds (2-3 s of
-/// ping-to-queue latency at 50,000 pings/s). The others wait for the next batches.
+/// ping-to-queue latency at 50,000 pings/s). The others wait for the next batches; the
+/// windowed queries take turns at being offered it first.
 const UPPER_COMPACTIONS_PER_BATCH: usize = 1;
 
 /// The highest level of the parts a compaction merges (into one part of the next level).
@@ -450,6 +453,7 @@ impl Engine {
             stats,
             fingerprint,
             failed_without_effect: false,
+            compaction_turn: 0,
         })
     }
 
@@ -595,7 +599,15 @@ impl Engine {
             slot.set(vec![ontime]);
             let mut upper = UPPER_COMPACTIONS_PER_BATCH;
             let settle = (&self.settle, self.clock.watermark());
-            for q in &mut self.queries {
+            // The windowed queries, from a different one each batch: the first with an
+            // upper compaction due gets the budget, so none waits behind the others.
+            let windowed: Vec<usize> = (0..self.queries.len())
+                .filter(|&i| matches!(self.queries[i].kind, QueryKind::Windowed(_)))
+                .collect();
+            let first = self.compaction_turn % windowed.len().max(1);
+            self.compaction_turn = self.compaction_turn.wrapping_add(1);
+            for k in 0..windowed.len() {
+                let q = &mut self.queries[windowed[(first + k) % windowed.len()]];
                 if let QueryKind::Windowed(w) = &mut q.kind {
                     accumulate(w, &self.task, &q.pos, &mut upper, settle).await?;
                     count(&mut self.stats, &q.name, n, &[]);
