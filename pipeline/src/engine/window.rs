@@ -686,6 +686,36 @@ mod tests {
         // Two of level 2 (fan-in 3): nothing more is due.
         assert!(h.take_compaction(fanin, u8::MAX, i64::MIN).is_none());
     }
+
+    #[test]
+    fn a_closed_bucket_is_compacted_into_one_part_once() {
+        let mut h = HopState::default();
+        let fanin = Fanin { first: 4, upper: 3 };
+        h.insert(&partial(&[0]), 0, (10, 20)).unwrap();
+        h.insert(&partial(&[0]), 0, (15, 40)).unwrap();
+        h.insert(&partial(&[60_000]), 0, (60_010, 60_020)).unwrap();
+        // Not yet closed, or only level 0 allowed: nothing due.
+        assert!(h.take_compaction(fanin, u8::MAX, -1).is_none());
+        assert!(h.take_compaction(fanin, 0, 0).is_none());
+        // Closed (start <= closed_at): all its parts, with nothing else to settle around.
+        let c = h.take_compaction(fanin, u8::MAX, 0).unwrap();
+        assert_eq!((c.bucket, c.level, c.parts.len()), (0, CLOSED_LEVEL, 2));
+        assert!(c.others.is_empty());
+        // A failed compaction puts the parts back as they were; it is due again.
+        h.put_back(c);
+        let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
+        assert_eq!(levels, vec![0, 0]);
+        let c = h.take_compaction(fanin, u8::MAX, 0).unwrap();
+        h.compacted(&c, partial(&[0]));
+        let closed = &h.buckets[&0];
+        assert_eq!(closed.len(), 1);
+        assert_eq!(
+            (closed[0].level, closed[0].floor, closed[0].ceil),
+            (CLOSED_LEVEL, 10, 40)
+        );
+        // Once: the one closed part is not compacted again; the open bucket waits.
+        assert!(h.take_compaction(fanin, u8::MAX, 0).is_none());
+    }
 }
 
 /// The engine's event-time watermark as SQL sees it: `event_watermark()`.
