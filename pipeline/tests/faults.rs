@@ -42,6 +42,7 @@ use support::product::{
     write_geofences,
 };
 use support::redis::RedisServer;
+use support::rng::Rng;
 use support::run::{RunProcess, RunSetup};
 
 const TOKEN: &str = "faults-test-token-0123456789";
@@ -828,28 +829,15 @@ fn check_delivery(
     }
 }
 
-/// A small deterministic generator for the kill moments (seed printed, and settable with
-/// `LEASEWATCH_FAULTS_SEED` to repeat a run).
-struct Rng(u64);
-
-impl Rng {
-    fn new() -> Self {
-        let seed = std::env::var("LEASEWATCH_FAULTS_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| now_ms() as u64);
-        eprintln!("faults: seed {seed} (LEASEWATCH_FAULTS_SEED={seed} repeats it)");
-        Self(seed)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        (z ^ (z >> 31)) % n
-    }
+/// The generator of the kill moments: its seed is printed, and settable with
+/// `LEASEWATCH_FAULTS_SEED` to repeat a run.
+fn kill_rng() -> Rng {
+    let seed = std::env::var("LEASEWATCH_FAULTS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| now_ms() as u64);
+    eprintln!("faults: seed {seed} (LEASEWATCH_FAULTS_SEED={seed} repeats it)");
+    Rng(seed)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -880,7 +868,7 @@ fn sigkill_under_load_loses_nothing_and_queues_each_alert_once() {
         Duration::from_millis(15),
         Duration::from_millis(100),
     );
-    let mut rng = Rng::new();
+    let mut rng = kill_rng();
     let mut restarts = Vec::new();
     for _ in 0..kills {
         std::thread::sleep(Duration::from_millis(300 + rng.below(2_200)));

@@ -2,12 +2,15 @@
 //! as with one, so the same outputs and summary; and the shared NDJSON decoder.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use arrow::array::RecordBatch;
 use leasewatch::engine::{Engine, EngineOptions};
 use leasewatch::ingest::{DecodeError, NdjsonDecoder};
 use leasewatch::replay::{ReplayOptions, Summary, replay};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use support::rng::Rng;
 
 /// Receive time stand-in: after every generated ping.
 const NOW_MS: i64 = 1_790_000_000_000;
@@ -35,22 +38,6 @@ fn imei(n: u64) -> String {
         })
         .sum();
     format!("{body}{}", (10 - sum % 10) % 10)
-}
-
-/// A small splitmix generator: the same seed gives the same fleet.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// A fleet of `devices` pinging every 30 s for `minutes`, in upload order: some pings

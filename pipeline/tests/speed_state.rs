@@ -10,6 +10,7 @@ use arrow::array::RecordBatch;
 use leasewatch::engine::{Engine, EngineOptions};
 use leasewatch_schemas::DevicePing;
 use support::product::{MIN, NAIROBI, Place, T0, imei, ping};
+use support::rng::Rng;
 
 /// The impossible-travel query (`sql/impossible_travel.sql`) without its threshold, with
 /// the time argument given as `TIME`.
@@ -38,21 +39,6 @@ FROM (
 );
 "#
     )
-}
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// Two hours of 20 devices pinging about every 1.5 s, in arrival order: phone clocks off by

@@ -4,4 +4,5 @@
 pub mod ingest;
 pub mod product;
 pub mod redis;
+pub mod rng;
 pub mod run;
