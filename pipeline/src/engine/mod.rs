@@ -208,6 +208,8 @@ pub struct Engine {
     source: Option<SourceBinding>,
     sweep: Option<SweepBinding>,
     queries: Vec<plan::Query>,
+    /// Indices of the windowed queries in `queries`.
+    windowed: Vec<usize>,
     stage_slots: Vec<slot::Slot>,
     lookups: Vec<(String, Arc<crate::lookup::RedisLookup>)>,
     sink_names: Vec<String>,
@@ -428,12 +430,16 @@ impl Engine {
             stats.rows_out.insert(n.clone(), 0);
         }
         let bound_ms = source.as_ref().map_or(0, |s| s.bound_ms);
+        let windowed = (0..queries.len())
+            .filter(|&i| matches!(queries[i].kind, QueryKind::Windowed(_)))
+            .collect();
         Ok(Self {
             task: ctx.task_ctx(),
             ctx,
             source,
             sweep,
             queries,
+            windowed,
             stage_slots,
             lookups: lookups
                 .iter()
@@ -589,25 +595,18 @@ impl Engine {
         } else {
             batch
         };
-        if ontime.num_rows() > 0
-            && self
-                .queries
-                .iter()
-                .any(|q| matches!(q.kind, QueryKind::Windowed(_)))
-        {
+        let windowed = self.windowed.len();
+        if ontime.num_rows() > 0 && windowed > 0 {
             let n = ontime.num_rows();
             slot.set(vec![ontime]);
             let mut upper = UPPER_COMPACTIONS_PER_BATCH;
             let settle = (&self.settle, self.clock.watermark());
             // The windowed queries, from a different one each batch: the first with an
             // upper compaction due gets the budget, so none waits behind the others.
-            let windowed: Vec<usize> = (0..self.queries.len())
-                .filter(|&i| matches!(self.queries[i].kind, QueryKind::Windowed(_)))
-                .collect();
-            let first = self.compaction_turn % windowed.len().max(1);
+            let first = self.compaction_turn % windowed;
             self.compaction_turn = self.compaction_turn.wrapping_add(1);
-            for k in 0..windowed.len() {
-                let q = &mut self.queries[windowed[(first + k) % windowed.len()]];
+            for k in 0..windowed {
+                let q = &mut self.queries[self.windowed[(first + k) % windowed]];
                 if let QueryKind::Windowed(w) = &mut q.kind {
                     accumulate(w, &self.task, &q.pos, &mut upper, settle).await?;
                     count(&mut self.stats, &q.name, n, &[]);
