@@ -315,10 +315,7 @@ trait SampleKind: Send + Sync + 'static {
     /// Adds what position `i` of a list state holds to `group`: how many samples it added.
     #[inline]
     fn merge_item(cols: &Self::Cols<'_>, i: usize, group: &mut Vec<Self::Item>) -> usize {
-        Self::item(cols, i).map_or(0, |x| {
-            group.push(x);
-            1
-        })
+        push_item(group, Self::item(cols, i))
     }
     /// The length of `group`'s state list.
     fn state_len(group: &[Self::Item]) -> usize {
@@ -330,6 +327,15 @@ trait SampleKind: Send + Sync + 'static {
     /// Shortens `items` where samples inside `spans` are settled (see
     /// [`SettledSpans`]); only kinds that can do so exactly override it.
     fn settle(_items: &mut Vec<Self::Item>, _spans: &[(i64, i64)]) {}
+}
+
+/// Pushes `item`, if any, onto `group`: how many samples that added.
+#[inline]
+fn push_item<T>(group: &mut Vec<T>, item: Option<T>) -> usize {
+    item.map_or(0, |x| {
+        group.push(x);
+        1
+    })
 }
 
 /// A usable fix in `max_speed_kmh`'s state. `span_kmh` is NaN, except on the first fix of
@@ -430,10 +436,7 @@ impl SampleKind for SpeedFixes {
             }
             return 0;
         }
-        Self::item(cols, i).map_or(0, |x| {
-            group.push(x);
-            1
-        })
+        push_item(group, Self::item(cols, i))
     }
     fn state_len(group: &[SpeedItem]) -> usize {
         group.len() + group.iter().filter(|x| !x.span_kmh.is_nan()).count()
