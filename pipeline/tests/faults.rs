@@ -42,8 +42,8 @@ use support::product::{
     write_geofences,
 };
 use support::redis::RedisServer;
-use support::rng::Rng;
 use support::run::{RunProcess, RunSetup};
+use support::splitmix::SplitMix;
 
 const TOKEN: &str = "faults-test-token-0123456789";
 
@@ -831,13 +831,13 @@ fn check_delivery(
 
 /// The generator of the kill moments: its seed is printed, and settable with
 /// `LEASEWATCH_FAULTS_SEED` to repeat a run.
-fn kill_rng() -> Rng {
+fn kill_rng() -> SplitMix {
     let seed = std::env::var("LEASEWATCH_FAULTS_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| now_ms() as u64);
     eprintln!("faults: seed {seed} (LEASEWATCH_FAULTS_SEED={seed} repeats it)");
-    Rng(seed)
+    SplitMix(seed)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ use leasewatch::ingest::{DecodeError, NdjsonDecoder};
 use leasewatch::replay::{ReplayOptions, Summary, replay};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use support::rng::Rng;
+use support::splitmix::SplitMix;
 
 /// Receive time stand-in: after every generated ping.
 const NOW_MS: i64 = 1_790_000_000_000;
@@ -44,7 +44,7 @@ fn imei(n: u64) -> String {
 /// uploaded hours late, some invalid, some lines not JSON, blank lines, a byte-order
 /// mark. Returns the text and the 1-based line of the first malformed line.
 fn fleet(devices: u64, minutes: i64, seed: u64) -> (String, usize) {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix(seed);
     let mut rows: Vec<(i64, String)> = Vec::new();
     for d in 0..devices {
         let id = imei(d);

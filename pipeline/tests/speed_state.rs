@@ -10,7 +10,7 @@ use arrow::array::RecordBatch;
 use leasewatch::engine::{Engine, EngineOptions};
 use leasewatch_schemas::DevicePing;
 use support::product::{MIN, NAIROBI, Place, T0, imei, ping};
-use support::rng::Rng;
+use support::splitmix::SplitMix;
 
 /// The impossible-travel query (`sql/impossible_travel.sql`) without its threshold, with
 /// the time argument given as `TIME`.
@@ -46,7 +46,7 @@ FROM (
 /// Nairobi with a jump of a few hundred kilometres now and then, accuracy from 5 m to
 /// 400 m (the query keeps fixes up to 200 m).
 fn pings() -> Vec<DevicePing> {
-    let mut rng = Rng(0x5eed_1234_9876_abcd);
+    let mut rng = SplitMix(0x5eed_1234_9876_abcd);
     let mut out = Vec::new();
     let mut t = T0;
     while t < T0 + 120 * MIN {

@@ -4,5 +4,6 @@
 pub mod ingest;
 pub mod product;
 pub mod redis;
-pub mod rng;
 pub mod run;
+#[path = "../../../udfs/tests/support/splitmix.rs"]
+pub mod splitmix;

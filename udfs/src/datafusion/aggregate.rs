@@ -892,28 +892,16 @@ impl Accumulator for GyrationAccumulator {
     }
 }
 
+// The seeded generator of the integration tests, so failures replay.
+#[cfg(test)]
+#[path = "../../tests/support/splitmix.rs"]
+mod splitmix;
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    /// A small deterministic generator (xorshift64*), so failures replay.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-        fn unit(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
+    use splitmix::SplitMix;
 
     const GROUPS: usize = 3;
 
@@ -961,7 +949,7 @@ mod tests {
     #[test]
     fn settled_states_give_the_whole_lists_result() {
         for seed in 1..=60u64 {
-            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let mut rng = SplitMix(seed);
             let bound = 120_000; // the watermark's lateness bound, ms
             let mut t = 1_000_000_i64;
             let mut pings = Vec::new();
@@ -972,8 +960,8 @@ mod tests {
                 let far = if rng.below(20) == 0 { 5.0 } else { 0.01 };
                 let fix = Fix::new(
                     t - rng.below(bound as u64 + 30_000) as i64,
-                    45.0 + far * rng.unit(),
-                    7.0 + far * rng.unit(),
+                    45.0 + far * rng.uniform(0.0, 1.0),
+                    7.0 + far * rng.uniform(0.0, 1.0),
                     [0.0, 5.0, 150.0][rng.below(3) as usize],
                 )
                 .unwrap();

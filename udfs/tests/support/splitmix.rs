@@ -1,6 +1,9 @@
 //! SplitMix64: a tiny, well-known PRNG, so generated inputs are the same on every run
-//! without a dependency. Shared by the differential test and the benches
-//! (`#[path]`-included: tests and benches are separate crates).
+//! without a dependency. Shared by the differential test, the benches, the unit tests of
+//! the aggregates and the pipeline's integration tests (`#[path]`-included: they are
+//! separate crates).
+// Each includer uses a part of it.
+#![allow(dead_code)]
 
 /// The generator state.
 pub struct SplitMix(pub u64);
@@ -13,6 +16,11 @@ impl SplitMix {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n` > 0; the modulo bias is no matter for test inputs).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
     }
 
     /// Uniform in `[lo, hi]`.
