@@ -254,6 +254,26 @@ mod tests {
     }
 
     #[test]
+    fn ndjson_decoder_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        let c = Config::load(None, vec![]).unwrap();
+        assert_eq!(
+            c.ingest.ndjson_decoder,
+            crate::ingest::JsonDecoder::PingLines
+        );
+        std::fs::write(&f, "[ingest]\nndjson_decoder = \"arrow-json\"\n").unwrap();
+        let c = Config::load(Some(&f), vec![]).unwrap();
+        assert_eq!(
+            c.ingest.ndjson_decoder,
+            crate::ingest::JsonDecoder::ArrowJson
+        );
+        std::fs::write(&f, "[ingest]\nndjson_decoder = \"simd\"\n").unwrap();
+        let e = Config::load(Some(&f), vec![]).unwrap_err().to_string();
+        assert!(e.contains("ping-lines") && e.contains("arrow-json"), "{e}");
+    }
+
+    #[test]
     fn shipped_example_parses() {
         let f = Path::new(env!("CARGO_MANIFEST_DIR")).join("../leasewatch.toml");
         Config::load(Some(&f), vec![]).unwrap();

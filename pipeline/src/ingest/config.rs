@@ -1,5 +1,6 @@
 //! Configuration of HTTP ingest.
 
+use super::decode::JsonDecoder;
 use leasewatch_schemas::Limits;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -39,6 +40,10 @@ pub struct IngestConfig {
     /// Earliest plausible event time (ms since epoch); older pings are rejected as
     /// `too_old` (a phone that lost its clock).
     pub min_event_time_ms: i64,
+    /// How NDJSON bodies are decoded: `ping-lines` (the default: the decoder
+    /// specialised to ping lines, arrow-json for any line it declines) or `arrow-json`
+    /// (arrow-json alone).
+    pub ndjson_decoder: JsonDecoder,
 }
 
 impl Default for IngestConfig {
@@ -56,6 +61,7 @@ impl Default for IngestConfig {
             body_timeout_secs: 30,
             max_future_ms: limits.max_future_ms,
             min_event_time_ms: limits.min_event_time_ms,
+            ndjson_decoder: JsonDecoder::default(),
         }
     }
 }
@@ -75,6 +81,7 @@ impl fmt::Debug for IngestConfig {
             .field("body_timeout_secs", &self.body_timeout_secs)
             .field("max_future_ms", &self.max_future_ms)
             .field("min_event_time_ms", &self.min_event_time_ms)
+            .field("ndjson_decoder", &self.ndjson_decoder)
             .finish()
     }
 }

@@ -27,9 +27,9 @@ mod validate;
 
 pub use config::IngestConfig;
 pub use decode::{
-    DecodeError, Decoded, NdjsonDecoded, NdjsonDecoder, NdjsonRejection, RowProblem, RowRejection,
-    contained_panics, decode_arrow_ipc, decode_json_array, decode_ndjson, gunzip_limited,
-    quiet_contained_panics,
+    DecodeError, Decoded, JsonDecoder, NdjsonDecoded, NdjsonDecoder, NdjsonRejection, RowProblem,
+    RowRejection, contained_panics, decode_arrow_ipc, decode_json_array, decode_ndjson,
+    decode_ndjson_with, gunzip_limited, quiet_contained_panics,
 };
 pub use server::{IngestError, IngestState, Lag, LagProbe, router, serve};
 pub use validate::{NotAPingBatch, check_rows, validate_batch};

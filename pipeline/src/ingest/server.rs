@@ -17,8 +17,8 @@ use tokio::sync::watch;
 
 use super::config::IngestConfig;
 use super::decode::{
-    DecodeError, Decoded, RowRejection, cut, decode_arrow_ipc, decode_json_array, decode_ndjson,
-    gunzip_limited,
+    DecodeError, Decoded, RowRejection, cut, decode_arrow_ipc, decode_json_array,
+    decode_ndjson_with, gunzip_limited,
 };
 use super::validate::validate_batch;
 use crate::wal::{Lsn, Wal, WalError};
@@ -383,7 +383,7 @@ fn decode_and_validate(
     let max_rows = config.max_rows_per_request;
     let decoded: Decoded = match format {
         Format::JsonArray => decode_json_array(&body, max_rows)?,
-        Format::Ndjson => decode_ndjson(&body, max_rows)?,
+        Format::Ndjson => decode_ndjson_with(&body, max_rows, config.ndjson_decoder)?,
         Format::ArrowIpc => decode_arrow_ipc(&body, max_rows)?,
     };
     drop(body);
