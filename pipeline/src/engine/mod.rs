@@ -205,6 +205,10 @@ impl Clock {
 pub struct Engine {
     ctx: SessionContext,
     task: Arc<TaskContext>,
+    /// `task` with no bound on the batch size, for compactions: DataFusion's aggregate
+    /// materialises its whole output once and hands it out in slices of the batch size,
+    /// and joining those slices into one part again would copy the bucket's state.
+    whole: Arc<TaskContext>,
     source: Option<SourceBinding>,
     sweep: Option<SweepBinding>,
     queries: Vec<plan::Query>,
@@ -433,8 +437,14 @@ impl Engine {
         let windowed = (0..queries.len())
             .filter(|&i| matches!(queries[i].kind, QueryKind::Windowed(_)))
             .collect();
+        let task = ctx.task_ctx();
+        let whole = Arc::new(
+            TaskContext::from(&ctx.state())
+                .with_session_config(task.session_config().clone().with_batch_size(usize::MAX)),
+        );
         Ok(Self {
-            task: ctx.task_ctx(),
+            task,
+            whole,
             ctx,
             source,
             sweep,
@@ -608,7 +618,7 @@ impl Engine {
             for k in 0..windowed {
                 let q = &mut self.queries[self.windowed[(first + k) % windowed]];
                 if let QueryKind::Windowed(w) = &mut q.kind {
-                    accumulate(w, &self.task, &q.pos, &mut upper, settle).await?;
+                    accumulate(w, (&self.task, &self.whole), &q.pos, &mut upper, settle).await?;
                     count(&mut self.stats, &q.name, n, &[]);
                 }
             }
@@ -1001,7 +1011,7 @@ async fn run(
 /// [`Windowed::settles`]).
 async fn accumulate(
     w: &mut Windowed,
-    task: &Arc<TaskContext>,
+    (task, whole): (&Arc<TaskContext>, &Arc<TaskContext>),
     pos: &Pos,
     upper: &mut usize,
     (settled, watermark): (&SettledSpans, i64),
@@ -1069,7 +1079,7 @@ async fn accumulate(
                     occupied.push((watermark, i64::MAX));
                     settled.set_outside(occupied);
                 }
-                let reduced = run(&w.reduce, task, pos).await;
+                let reduced = run(&w.reduce, whole, pos).await;
                 settled.clear();
                 w.final_slot.clear();
                 tracing::debug!(
