@@ -32,7 +32,8 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning,
+    PlanProperties, ReplaceChildrenOptions,
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::StreamExt;
@@ -440,20 +441,44 @@ impl ExecutionPlan for LookupJoinExec {
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let Some(input) = children.pop() else {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    /// Keeps the same properties (the same `Arc`) when the input's are unchanged: the
+    /// engine resets every plan before each run, and a node above a join whose
+    /// properties changed would recompute its own (a projection's equivalences cost more
+    /// than many a run).
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        options: ReplaceChildrenOptions,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let (Some(input), true) = (children.pop(), children.is_empty()) else {
             return Err(DataFusionError::Internal(
                 "LookupJoinExec has one child".into(),
             ));
         };
-        Ok(Arc::new(Self::new(
-            input,
+        let (key, table, schema) = (
             Arc::clone(&self.key),
             self.table.clone(),
-            self.inner,
             Arc::clone(&self.schema),
-        )))
+        );
+        Ok(Arc::new(match options.children_properties {
+            ChildrenPropertiesMode::Keep => Self {
+                input,
+                key,
+                table,
+                inner: self.inner,
+                schema,
+                props: Arc::clone(&self.props),
+            },
+            ChildrenPropertiesMode::Recompute => Self::new(input, key, table, self.inner, schema),
+        }))
     }
 
     fn execute(

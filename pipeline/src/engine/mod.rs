@@ -1269,3 +1269,59 @@ fn fnv1a<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u64 {
     }
     h
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use datafusion::physical_plan::execution_plan::reset_plan_states;
+
+    /// Names of the nodes of `before` whose properties `after` (its reset) recomputed.
+    fn recomputed(
+        before: &Arc<dyn ExecutionPlan>,
+        after: &Arc<dyn ExecutionPlan>,
+        out: &mut Vec<String>,
+    ) {
+        if !Arc::ptr_eq(before.properties(), after.properties()) {
+            out.push(before.name().to_string());
+        }
+        for (b, a) in before.children().into_iter().zip(after.children()) {
+            recomputed(b, a, out);
+        }
+    }
+
+    /// `run` resets every plan before each run. A node whose properties are recomputed
+    /// makes every node above it recompute its own, which cost the engine thread more
+    /// than the product's per-ping rules' projections themselves did.
+    #[tokio::test(flavor = "current_thread")]
+    async fn resetting_the_product_plans_recomputes_no_properties() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql");
+        let options = EngineOptions {
+            capture_sinks: true,
+            ..EngineOptions::default()
+        };
+        let engine = Engine::from_dir(&dir, &options).await.unwrap();
+        let mut plans = Vec::new();
+        for q in &engine.queries {
+            match &q.kind {
+                QueryKind::PerBatch(p) => plans.push((q.name.clone(), Arc::clone(p))),
+                QueryKind::Windowed(w) => {
+                    for p in [&w.pre, &w.partial, &w.reduce, &w.final_agg, &w.post] {
+                        plans.push((q.name.clone(), Arc::clone(p)));
+                    }
+                }
+            }
+        }
+        assert!(plans.len() > 20, "{}", plans.len());
+        let mut bad = Vec::new();
+        for (name, plan) in &plans {
+            let fresh = reset_plan_states(Arc::clone(plan)).unwrap();
+            let mut nodes = Vec::new();
+            recomputed(plan, &fresh, &mut nodes);
+            if !nodes.is_empty() {
+                bad.push(format!("{name}: {nodes:?}"));
+            }
+        }
+        assert!(bad.is_empty(), "{bad:#?}");
+    }
+}
