@@ -87,17 +87,26 @@ fn list_range(list: &ListArray, row: usize) -> std::ops::Range<usize> {
 ///
 /// Breaking the promise (a fix inside an interval merged later) gives a result that skips
 /// that fix's steps, never a panic.
+///
+/// The intervals are per thread: a merge sees those its own thread set. An engine may
+/// merge on two threads at once (a compaction in the background, the batch at hand on
+/// its own thread), each under a promise of its own.
 #[derive(Debug, Clone, Default)]
-pub struct SettledSpans(Arc<Mutex<Spans>>);
+pub struct SettledSpans(Arc<Mutex<Vec<(std::thread::ThreadId, Spans)>>>);
 
 /// Open intervals `(lo, hi)` of epoch milliseconds, sorted and disjoint.
 type Spans = Arc<[(i64, i64)]>;
 
 impl SettledSpans {
-    /// Fixes strictly inside these intervals are settled from now on. They must be
-    /// sorted and disjoint.
+    /// Fixes strictly inside these intervals are settled from now on, in merges on the
+    /// calling thread. They must be sorted and disjoint.
     pub fn set(&self, spans: Vec<(i64, i64)>) {
-        *self.lock() = spans.into();
+        let me = std::thread::current().id();
+        let mut all = self.lock();
+        all.retain(|(t, _)| *t != me);
+        if !spans.is_empty() {
+            all.push((me, spans.into()));
+        }
     }
 
     /// Settles every time outside `occupied`: closed intervals `[lo, hi]` holding every
@@ -118,17 +127,21 @@ impl SettledSpans {
         self.set(spans);
     }
 
-    /// Nothing is settled from now on.
+    /// Nothing is settled from now on, in merges on the calling thread.
     pub fn clear(&self) {
-        *self.lock() = Arc::from([]);
+        self.set(Vec::new());
     }
 
-    /// The current intervals.
+    /// The calling thread's current intervals.
     pub fn get(&self) -> Spans {
-        Arc::clone(&self.lock())
+        let me = std::thread::current().id();
+        self.lock()
+            .iter()
+            .find(|(t, _)| *t == me)
+            .map_or_else(|| Arc::from([]), |(_, s)| Arc::clone(s))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Spans> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(std::thread::ThreadId, Spans)>> {
         // A panic elsewhere cannot leave the value half-written: use it as it is.
         self.0
             .lock()
@@ -1036,6 +1049,16 @@ mod tests {
         s.set_outside(vec![(50, 60), (10, 20), (15, 30), (90, i64::MAX)]);
         assert_eq!(&*s.get(), &[(i64::MIN, 10), (30, 50), (60, 90)]);
         s.set_outside(vec![]);
+        assert_eq!(&*s.get(), &[(i64::MIN, i64::MAX)]);
+        // Another thread sees its own intervals, none here.
+        let other = s.clone();
+        std::thread::spawn(move || {
+            assert!(other.get().is_empty());
+            other.set(vec![(1, 2)]);
+            assert_eq!(&*other.get(), &[(1, 2)]);
+        })
+        .join()
+        .unwrap();
         assert_eq!(&*s.get(), &[(i64::MIN, i64::MAX)]);
         s.clear();
         assert!(s.get().is_empty());
