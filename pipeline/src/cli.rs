@@ -199,6 +199,7 @@ fn engine_options(c: &Config) -> EngineOptions {
         late_sink: c.engine.late_sink.clone(),
         geofences: c.engine.geofences.clone(),
         redis_url: c.engine.redis_url.clone(),
+        background_compaction: false,
     }
 }
 

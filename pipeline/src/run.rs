@@ -159,6 +159,7 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
         late_sink: config.engine.late_sink.clone(),
         geofences: config.engine.geofences.clone(),
         redis_url: config.engine.redis_url.clone(),
+        background_compaction: true,
     };
     let mut engine = Engine::from_dir(&config.engine.sql_dir, &options).await?;
     let mut consumed: Lsn = 0;

@@ -245,6 +245,7 @@ impl Engine {
                                     level: levels.next().unwrap_or(0),
                                     floor,
                                     ceil,
+                                    busy: false,
                                 }
                             })
                             .collect();

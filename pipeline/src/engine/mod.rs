@@ -123,6 +123,12 @@ pub struct EngineOptions {
     /// Redis URL for every `connector = 'redis'` table, replacing their `address` option
     /// (one pipeline, many environments).
     pub redis_url: Option<String>,
+    /// Run the compactions of window state above level 0 on a thread of their own
+    /// (`leasewatch run`): the engine goes on with the next batches meanwhile, the parts
+    /// being compacted still in place. Off, they run between batches on the engine's
+    /// thread, at most [`UPPER_COMPACTIONS_PER_BATCH`] per batch (replay and tests: the
+    /// same input then always gives the same parts).
+    pub background_compaction: bool,
 }
 
 /// Counters and gauges of an engine.
@@ -230,6 +236,79 @@ pub struct Engine {
     failed_without_effect: bool,
     /// Which windowed query is offered the batch's upper compaction first.
     compaction_turn: usize,
+    /// The compaction thread, with [`EngineOptions::background_compaction`].
+    compactor: Option<Compactor>,
+}
+
+/// A compaction for the compaction thread.
+struct Job {
+    /// Its reduce plan over the parts taken.
+    plan: Arc<dyn ExecutionPlan>,
+    /// Where its rows may still be joined by others (see [`SettledSpans::set_outside`]),
+    /// when its fixes may settle.
+    occupied: Option<Vec<(i64, i64)>>,
+    pos: Pos,
+}
+
+/// A compaction's result, from the compaction thread.
+struct Done {
+    result: Result<Vec<RecordBatch>, EngineError>,
+    ms: u128,
+}
+
+/// How much lower than the engine thread the compaction thread runs (nice), as ingest.
+const COMPACTION_NICE: i32 = 5;
+
+/// The thread that runs compactions above level 0, one at a time.
+struct Compactor {
+    jobs: std::sync::mpsc::Sender<Job>,
+    done: std::sync::mpsc::Receiver<Done>,
+    /// The compaction running: its query, and what it took (parts marked busy).
+    in_flight: Option<(usize, window::Compaction)>,
+    /// Compactions whose results were filed.
+    filed: u64,
+}
+
+impl Compactor {
+    fn spawn(task: Arc<TaskContext>, settle: SettledSpans) -> Result<Self, EngineError> {
+        let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
+        let (outbox, done) = std::sync::mpsc::channel::<Done>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(internal)?;
+        std::thread::Builder::new()
+            .name("lw-compaction".into())
+            .spawn(move || {
+                // Below the engine thread, as ingest is: a long merge here must not take
+                // the core the batches need. On Linux a nice value is per thread; failing
+                // to set it only costs latency.
+                let nice = rustix::process::getpriority_process(None).unwrap_or(0);
+                if let Err(e) =
+                    rustix::process::setpriority_process(None, (nice + COMPACTION_NICE).min(19))
+                {
+                    tracing::debug!(error = %e, "could not lower the compaction thread's priority");
+                }
+                for job in inbox {
+                    let started = std::time::Instant::now();
+                    if let Some(occupied) = job.occupied {
+                        settle.set_outside(occupied);
+                    }
+                    let result = runtime.block_on(run(&job.plan, &task, &job.pos));
+                    settle.clear();
+                    let ms = started.elapsed().as_millis();
+                    if outbox.send(Done { result, ms }).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(internal)?;
+        Ok(Self {
+            jobs,
+            done,
+            in_flight: None,
+            filed: 0,
+        })
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -442,6 +521,11 @@ impl Engine {
             TaskContext::from(&ctx.state())
                 .with_session_config(task.session_config().clone().with_batch_size(usize::MAX)),
         );
+        let compactor = if options.background_compaction {
+            Some(Compactor::spawn(Arc::clone(&whole), settle.clone())?)
+        } else {
+            None
+        };
         Ok(Self {
             task,
             whole,
@@ -470,6 +554,7 @@ impl Engine {
             fingerprint,
             failed_without_effect: false,
             compaction_turn: 0,
+            compactor,
         })
     }
 
@@ -487,6 +572,11 @@ impl Engine {
     /// Latest event time seen (ms), `None` before the first ping.
     pub fn max_event_time(&self) -> Option<i64> {
         (self.clock.max_ts != i64::MIN).then_some(self.clock.max_ts)
+    }
+
+    /// Compactions run on the compaction thread and filed so far (0 without one).
+    pub fn background_compactions(&self) -> u64 {
+        self.compactor.as_ref().map_or(0, |c| c.filed)
     }
 
     /// Counters.
@@ -609,16 +699,30 @@ impl Engine {
         if ontime.num_rows() > 0 && windowed > 0 {
             let n = ontime.num_rows();
             slot.set(vec![ontime]);
-            let mut upper = UPPER_COMPACTIONS_PER_BATCH;
+            self.collect_compaction(false)?;
+            // In the background one compaction runs at a time.
+            let mut upper = match &self.compactor {
+                Some(c) => usize::from(c.in_flight.is_none()),
+                None => UPPER_COMPACTIONS_PER_BATCH,
+            };
             let settle = (&self.settle, self.clock.watermark());
             // The windowed queries, from a different one each batch: the first with an
             // upper compaction due gets the budget, so none waits behind the others.
             let first = self.compaction_turn % windowed;
             self.compaction_turn = self.compaction_turn.wrapping_add(1);
             for k in 0..windowed {
-                let q = &mut self.queries[self.windowed[(first + k) % windowed]];
+                let index = self.windowed[(first + k) % windowed];
+                let q = &mut self.queries[index];
                 if let QueryKind::Windowed(w) = &mut q.kind {
-                    accumulate(w, (&self.task, &self.whole), &q.pos, &mut upper, settle).await?;
+                    let background = self.compactor.as_mut().map(|c| (c, index));
+                    accumulate(
+                        w,
+                        (&self.task, &self.whole),
+                        &q.pos,
+                        (&mut upper, background),
+                        settle,
+                    )
+                    .await?;
                     count(&mut self.stats, &q.name, n, &[]);
                 }
             }
@@ -628,9 +732,74 @@ impl Engine {
         self.advance().await
     }
 
+    /// Files the result of the background compaction, if it is done (`wait`: once it is).
+    /// A failed one leaves its parts as they were, to be compacted later; a compaction
+    /// thread that died leaves the engine compacting on its own thread from then on.
+    fn collect_compaction(&mut self, wait: bool) -> Result<(), EngineError> {
+        let Some(c) = self.compactor.as_mut() else {
+            return Ok(());
+        };
+        if c.in_flight.is_none() {
+            return Ok(());
+        }
+        let done = if wait {
+            c.done.recv().map_err(|_| ())
+        } else {
+            match c.done.try_recv() {
+                Ok(d) => Ok(d),
+                Err(std::sync::mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(()),
+            }
+        };
+        let Some((index, comp)) = c.in_flight.take() else {
+            return Ok(());
+        };
+        if done.is_err() {
+            tracing::error!("the compaction thread stopped; compacting on the engine thread");
+            self.compactor = None;
+        }
+        let Some(q) = self.queries.get_mut(index) else {
+            return Ok(());
+        };
+        let QueryKind::Windowed(w) = &mut q.kind else {
+            return Ok(());
+        };
+        let WindowState::Hop(h) = &mut w.state else {
+            return Ok(());
+        };
+        match done {
+            Ok(Done {
+                result: Ok(reduced),
+                ms,
+            }) => {
+                tracing::debug!(
+                    query = %q.pos,
+                    bucket = comp.bucket,
+                    level = comp.level,
+                    rows = comp.rows(),
+                    ms,
+                    background = true,
+                    "compaction"
+                );
+                let one = one_batch(&w.partial_schema, reduced)?;
+                h.compacted(&comp, one);
+                if let Some(c) = self.compactor.as_mut() {
+                    c.filed += 1;
+                }
+            }
+            Ok(Done { result: Err(e), .. }) => {
+                tracing::error!(query = %q.pos, error = %e, "background compaction failed; its parts stay as they were");
+                h.put_back(comp);
+            }
+            Err(()) => h.put_back(comp),
+        }
+        Ok(())
+    }
+
     /// End of input: the watermark jumps to +infinity, every open window is emitted,
     /// sinks are flushed. Later pings count as late.
     pub async fn finish(&mut self) -> Result<(), EngineError> {
+        self.collect_compaction(true)?;
         self.clock.flushed = true;
         self.advance().await?;
         self.commit()
@@ -999,9 +1168,22 @@ async fn run(
     collect(fresh, task.clone()).await.map_err(query)
 }
 
+/// A compaction's result as one batch (it comes as one: see `Engine::whole`).
+fn one_batch(
+    schema: &SchemaRef,
+    mut reduced: Vec<RecordBatch>,
+) -> Result<RecordBatch, EngineError> {
+    match reduced.len() {
+        1 => Ok(reduced.remove(0)),
+        _ => arrow::compute::concat_batches(schema, &reduced).map_err(internal),
+    }
+}
+
 /// Runs the pre-window plan on the on-time batch in the source slot and files the
 /// result as window state, then compacts its slide buckets: every compaction due at
-/// level 0, and at most `upper` of higher levels (counted down).
+/// level 0, and at most `upper` of higher levels (counted down). With `background` (the
+/// compaction thread and this query's index), that one goes to the thread instead, its
+/// parts left in place until [`Engine::collect_compaction`] files the result.
 ///
 /// `settle` is the engine's [`SettledSpans`] and the watermark after this batch. No row
 /// older than the watermark enters window state from now on, and the rows of each part
@@ -1013,7 +1195,7 @@ async fn accumulate(
     w: &mut Windowed,
     (task, whole): (&Arc<TaskContext>, &Arc<TaskContext>),
     pos: &Pos,
-    upper: &mut usize,
+    (upper, mut background): (&mut usize, Option<(&mut Compactor, usize)>),
     (settled, watermark): (&SettledSpans, i64),
 ) -> Result<(), EngineError> {
     let pre = run(&w.pre, task, pos).await?;
@@ -1065,8 +1247,12 @@ async fn accumulate(
                 WindowSpec::Session { .. } => i64::MIN,
             };
             loop {
-                let max_level = if *upper > 0 { MAX_COMPACTION_LEVEL } else { 0 };
-                let Some(c) = h.take_compaction(COMPACT_FANIN, max_level, closed_at) else {
+                let max_level = if *upper > 0 && background.is_none() {
+                    MAX_COMPACTION_LEVEL
+                } else {
+                    0
+                };
+                let Some(c) = h.take_compaction(COMPACT_FANIN, max_level, closed_at, false) else {
                     break;
                 };
                 if c.level > 0 {
@@ -1098,12 +1284,46 @@ async fn accumulate(
                         return Err(e);
                     }
                 };
-                let one = match reduced.as_slice() {
-                    [one] => one.clone(),
-                    _ => arrow::compute::concat_batches(&w.partial_schema, &reduced)
-                        .map_err(internal)?,
-                };
-                h.compacted(&c, one);
+                h.compacted(&c, one_batch(&w.partial_schema, reduced)?);
+            }
+            if *upper > 0
+                && let Some((compactor, index)) = background.as_mut()
+                && let Some(c) =
+                    h.take_compaction(COMPACT_FANIN, MAX_COMPACTION_LEVEL, closed_at, true)
+            {
+                // Level 0 is done above; whatever else is due goes to the thread.
+                if c.level == 0 {
+                    h.put_back(c);
+                } else {
+                    *upper -= 1;
+                    let slot = slot::Slot::default();
+                    slot.set(c.batches());
+                    let input = slot::SlotExec::new(Arc::clone(&w.partial_schema), None, slot)
+                        .map_err(internal)?;
+                    let plan = Arc::clone(&w.reduce)
+                        .replace_children(
+                            vec![Arc::new(input)],
+                            datafusion::physical_plan::ReplaceChildrenOptions::new(
+                                datafusion::physical_plan::ChildrenPropertiesMode::Recompute,
+                            ),
+                        )
+                        .map_err(internal)?;
+                    let occupied = w.settles.then(|| {
+                        let mut o = c.others.clone();
+                        o.push((watermark, i64::MAX));
+                        o
+                    });
+                    let job = Job {
+                        plan,
+                        occupied,
+                        pos: pos.clone(),
+                    };
+                    if compactor.jobs.send(job).is_ok() {
+                        compactor.in_flight = Some((*index, c));
+                    } else {
+                        h.put_back(c);
+                    }
+                }
             }
         }
         (WindowState::Session(s), WindowSpec::Session { gap_ms }) => {

@@ -239,6 +239,9 @@ pub struct Part {
     pub floor: i64,
     /// Nor after this: the latest such time.
     pub ceil: i64,
+    /// Being compacted elsewhere (a [`Compaction`] taken with `in_place`): still part of
+    /// the bucket, read by windows and checkpoints, until the result replaces it.
+    pub busy: bool,
 }
 
 /// Parts of one bucket and level taken out for a compaction ([`HopState::take_compaction`]).
@@ -253,6 +256,8 @@ pub struct Compaction {
     /// `[floor, ceil]` of each of the bucket's other parts: the times of the rows the
     /// compacted part may later be merged with, besides rows yet to come.
     pub others: Vec<(i64, i64)>,
+    /// The parts stayed in the bucket, marked busy (see [`HopState::take_compaction`]).
+    pub in_place: bool,
 }
 
 impl Compaction {
@@ -282,6 +287,19 @@ impl Fanin {
     fn of(self, level: u8) -> usize {
         if level == 0 { self.first } else { self.upper }.max(2)
     }
+}
+
+/// Marks the parts `pick` chooses busy and returns copies of them (their batches are
+/// shared, not copied).
+fn mark(parts: &mut [Part], mut pick: impl FnMut(&Part) -> bool) -> Vec<Part> {
+    let mut taken = Vec::new();
+    for p in parts.iter_mut() {
+        if pick(p) {
+            p.busy = true;
+            taken.push(p.clone());
+        }
+    }
+    taken
 }
 
 /// Per-slide partial aggregates of a hop/tumble window.
@@ -334,6 +352,7 @@ impl HopState {
             level: 0,
             floor,
             ceil,
+            busy: false,
         });
     }
 
@@ -353,20 +372,35 @@ impl HopState {
     /// passed its end): when `max_level` allows more than level 0, all its parts are
     /// compacted into one of [`CLOSED_LEVEL`], once, which is all the bucket holds until
     /// its last window is emitted.
+    ///
+    /// With `in_place` (a compaction run elsewhere while batches go on), the parts taken
+    /// stay in the bucket, marked busy, and [`HopState::compacted`] replaces them. Busy
+    /// parts are never taken again, and a closed bucket holding any waits.
     pub fn take_compaction(
         &mut self,
         fanin: Fanin,
         max_level: u8,
         closed_at: i64,
+        in_place: bool,
     ) -> Option<Compaction> {
         for (&k, parts) in &mut self.buckets {
+            let busy = parts.iter().any(|p| p.busy);
             let closed_once = matches!(parts.as_slice(), [p] if p.level == CLOSED_LEVEL);
             if k <= closed_at && max_level > 0 && !parts.is_empty() && !closed_once {
+                if busy {
+                    continue;
+                }
+                let parts = if in_place {
+                    mark(parts, |_| true)
+                } else {
+                    std::mem::take(parts)
+                };
                 return Some(Compaction {
                     bucket: k,
                     level: CLOSED_LEVEL,
-                    parts: std::mem::take(parts),
+                    parts,
                     others: Vec::new(),
+                    in_place,
                 });
             }
             let top = parts
@@ -376,28 +410,44 @@ impl HopState {
                 .unwrap_or(0)
                 .min(max_level);
             let mut count = vec![0usize; usize::from(top) + 1];
-            for p in parts.iter().filter(|p| p.level <= top) {
+            for p in parts.iter().filter(|p| p.level <= top && !p.busy) {
                 count[usize::from(p.level)] += 1;
             }
             let Some(level) = (0..=top).find(|&l| count[usize::from(l)] >= fanin.of(l)) else {
                 continue;
             };
             let n = fanin.of(level);
-            let mut taken = Vec::with_capacity(n);
-            let mut kept = Vec::with_capacity(parts.len());
-            for p in parts.drain(..) {
-                if taken.len() < n && p.level == level {
-                    taken.push(p);
-                } else {
-                    kept.push(p);
+            let mut left = n;
+            let mut pick = |p: &Part| {
+                let take = left > 0 && p.level == level && !p.busy;
+                left -= usize::from(take);
+                take
+            };
+            let taken = if in_place {
+                mark(parts, pick)
+            } else {
+                let mut taken = Vec::with_capacity(n);
+                let mut kept = Vec::with_capacity(parts.len());
+                for p in parts.drain(..) {
+                    if pick(&p) {
+                        taken.push(p)
+                    } else {
+                        kept.push(p)
+                    }
                 }
-            }
-            *parts = kept;
+                *parts = kept;
+                taken
+            };
             return Some(Compaction {
                 bucket: k,
                 level,
-                others: parts.iter().map(|p| (p.floor, p.ceil)).collect(),
+                others: parts
+                    .iter()
+                    .filter(|p| !(in_place && p.busy))
+                    .map(|p| (p.floor, p.ceil))
+                    .collect(),
                 parts: taken,
+                in_place,
             });
         }
         None
@@ -405,14 +455,22 @@ impl HopState {
 
     /// Returns the parts of a compaction that failed.
     pub fn put_back(&mut self, c: Compaction) {
-        self.buckets.entry(c.bucket).or_default().extend(c.parts);
+        if c.in_place {
+            for p in self.buckets.get_mut(&c.bucket).into_iter().flatten() {
+                p.busy = false;
+            }
+        } else {
+            self.buckets.entry(c.bucket).or_default().extend(c.parts);
+        }
     }
 
     /// Files `batch`, the result of compaction `c`, one level up (closed: at the same).
+    /// An in-place compaction's result replaces its busy parts; when they are gone (a
+    /// window emission dropped the bucket, a checkpoint was restored) it is dropped.
     pub fn compacted(&mut self, c: &Compaction, batch: RecordBatch) {
         let floor = c.parts.iter().map(|p| p.floor).min().unwrap_or(c.bucket);
         let ceil = c.parts.iter().map(|p| p.ceil).max().unwrap_or(i64::MAX);
-        self.buckets.entry(c.bucket).or_default().push(Part {
+        let part = Part {
             batch,
             level: if c.level == CLOSED_LEVEL {
                 CLOSED_LEVEL
@@ -421,7 +479,18 @@ impl HopState {
             },
             floor,
             ceil,
-        });
+            busy: false,
+        };
+        if c.in_place {
+            if let Some(parts) = self.buckets.get_mut(&c.bucket)
+                && parts.iter().any(|p| p.busy)
+            {
+                parts.retain(|p| !p.busy);
+                parts.push(part);
+            }
+        } else {
+            self.buckets.entry(c.bucket).or_default().push(part);
+        }
     }
 
     /// Windows whose end is at or before `watermark`: `(start, partial batches)`, oldest
@@ -644,7 +713,7 @@ mod tests {
         // 4 * 3 + 2 batches into one bucket, each compaction "reducing" to one row.
         for _ in 0..14 {
             h.insert(&partial(&[0, 0]), 0, (0, 0)).unwrap();
-            while let Some(c) = h.take_compaction(fanin, u8::MAX, i64::MIN) {
+            while let Some(c) = h.take_compaction(fanin, u8::MAX, i64::MIN, false) {
                 assert_eq!(c.bucket, 0);
                 assert_eq!(c.parts.len(), fanin.of(c.level));
                 reductions.push(c.level);
@@ -656,20 +725,20 @@ mod tests {
         assert_eq!(reductions, vec![0, 0, 0, 1]);
         let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
         assert_eq!(levels, vec![2, 0, 0]);
-        assert!(h.take_compaction(fanin, u8::MAX, i64::MIN).is_none());
+        assert!(h.take_compaction(fanin, u8::MAX, i64::MIN, false).is_none());
         // A failed compaction puts its parts back as they were.
         h.insert(&partial(&[0]), 0, (0, 0)).unwrap();
         h.insert(&partial(&[0]), 0, (0, 0)).unwrap();
-        let c = h.take_compaction(fanin, u8::MAX, i64::MIN).unwrap();
+        let c = h.take_compaction(fanin, u8::MAX, i64::MIN, false).unwrap();
         h.put_back(c);
         let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
         assert_eq!(levels, vec![2, 0, 0, 0, 0]);
         // Compactions above `max_level` wait; the parts stay where they are.
-        let c = h.take_compaction(fanin, u8::MAX, i64::MIN).unwrap();
+        let c = h.take_compaction(fanin, u8::MAX, i64::MIN, false).unwrap();
         h.compacted(&c, partial(&[0]));
         for _ in 0..8 {
             h.insert(&partial(&[0]), 0, (0, 0)).unwrap();
-            while let Some(c) = h.take_compaction(fanin, 0, i64::MIN) {
+            while let Some(c) = h.take_compaction(fanin, 0, i64::MIN, false) {
                 assert_eq!(c.level, 0);
                 h.compacted(&c, partial(&[0]));
             }
@@ -678,13 +747,13 @@ mod tests {
         assert_eq!(levels, vec![2, 1, 1, 1]);
         // Put off, they are still found once new parts sit after them.
         h.insert(&partial(&[0]), 0, (0, 0)).unwrap();
-        let c = h.take_compaction(fanin, u8::MAX, i64::MIN).unwrap();
+        let c = h.take_compaction(fanin, u8::MAX, i64::MIN, false).unwrap();
         assert_eq!((c.level, c.parts.len()), (1, 3));
         h.compacted(&c, partial(&[0]));
         let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
         assert_eq!(levels, vec![2, 0, 2]);
         // Two of level 2 (fan-in 3): nothing more is due.
-        assert!(h.take_compaction(fanin, u8::MAX, i64::MIN).is_none());
+        assert!(h.take_compaction(fanin, u8::MAX, i64::MIN, false).is_none());
     }
 
     #[test]
@@ -695,17 +764,17 @@ mod tests {
         h.insert(&partial(&[0]), 0, (15, 40)).unwrap();
         h.insert(&partial(&[60_000]), 0, (60_010, 60_020)).unwrap();
         // Not yet closed, or only level 0 allowed: nothing due.
-        assert!(h.take_compaction(fanin, u8::MAX, -1).is_none());
-        assert!(h.take_compaction(fanin, 0, 0).is_none());
+        assert!(h.take_compaction(fanin, u8::MAX, -1, false).is_none());
+        assert!(h.take_compaction(fanin, 0, 0, false).is_none());
         // Closed (start <= closed_at): all its parts, with nothing else to settle around.
-        let c = h.take_compaction(fanin, u8::MAX, 0).unwrap();
+        let c = h.take_compaction(fanin, u8::MAX, 0, false).unwrap();
         assert_eq!((c.bucket, c.level, c.parts.len()), (0, CLOSED_LEVEL, 2));
         assert!(c.others.is_empty());
         // A failed compaction puts the parts back as they were; it is due again.
         h.put_back(c);
         let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
         assert_eq!(levels, vec![0, 0]);
-        let c = h.take_compaction(fanin, u8::MAX, 0).unwrap();
+        let c = h.take_compaction(fanin, u8::MAX, 0, false).unwrap();
         h.compacted(&c, partial(&[0]));
         let closed = &h.buckets[&0];
         assert_eq!(closed.len(), 1);
@@ -714,7 +783,56 @@ mod tests {
             (CLOSED_LEVEL, 10, 40)
         );
         // Once: the one closed part is not compacted again; the open bucket waits.
-        assert!(h.take_compaction(fanin, u8::MAX, 0).is_none());
+        assert!(h.take_compaction(fanin, u8::MAX, 0, false).is_none());
+    }
+
+    /// Compactions run elsewhere: the parts stay, busy, until the result replaces them.
+    #[test]
+    fn an_in_place_compaction_leaves_its_parts_until_its_result_comes() {
+        let mut h = HopState::default();
+        let fanin = Fanin { first: 2, upper: 2 };
+        for t in [10, 20, 30] {
+            h.insert(&partial(&[0]), 0, (t, t + 5)).unwrap();
+        }
+        let c = h.take_compaction(fanin, u8::MAX, i64::MIN, true).unwrap();
+        assert_eq!(
+            (c.level, c.parts.len(), c.others.clone()),
+            (0, 2, vec![(30, 35)])
+        );
+        let busy: Vec<bool> = h.buckets[&0].iter().map(|p| p.busy).collect();
+        assert_eq!(busy, vec![true, true, false]);
+        // Windows and checkpoints still see all three; no busy part is taken again.
+        assert_eq!(h.size().0, 3);
+        h.insert(&partial(&[0]), 0, (40, 45)).unwrap();
+        let d = h.take_compaction(fanin, u8::MAX, i64::MIN, false).unwrap();
+        assert_eq!(
+            d.parts.iter().map(|p| p.floor).collect::<Vec<_>>(),
+            vec![30, 40]
+        );
+        h.compacted(&d, partial(&[0]));
+        // Closed now, but a bucket with busy parts waits for them.
+        assert!(h.take_compaction(fanin, u8::MAX, 0, true).is_none());
+        h.compacted(&c, partial(&[0]));
+        let parts: Vec<(u8, i64, i64, bool)> = h.buckets[&0]
+            .iter()
+            .map(|p| (p.level, p.floor, p.ceil, p.busy))
+            .collect();
+        assert_eq!(parts, vec![(1, 30, 45, false), (1, 10, 25, false)]);
+        // A failed one clears the marks; a result whose bucket was emitted and dropped
+        // meanwhile, or restored from a checkpoint without marks, is dropped.
+        let c = h.take_compaction(fanin, u8::MAX, 0, true).unwrap();
+        assert_eq!((c.level, c.parts.len()), (CLOSED_LEVEL, 2));
+        h.put_back(c);
+        assert!(h.buckets[&0].iter().all(|p| !p.busy));
+        let c = h.take_compaction(fanin, u8::MAX, 0, true).unwrap();
+        for p in h.buckets.get_mut(&0).unwrap() {
+            p.busy = false;
+        }
+        h.compacted(&c, partial(&[0]));
+        assert_eq!(h.buckets[&0].len(), 2);
+        h.buckets.clear();
+        h.compacted(&c, partial(&[0]));
+        assert!(h.buckets.is_empty());
     }
 }
 

@@ -317,6 +317,7 @@ pub async fn product_engine(
         late_sink: None,
         geofences,
         redis_url: Some(server.url()),
+        background_compaction: false,
     };
     Engine::from_files(&product_sql(out), &options)
         .await
