@@ -18,7 +18,12 @@
 # (default sql/ of this checkout); WAL_FSYNC (true; false only for experiments);
 # JSON=1 prints the report as JSON; DRIVE_ARGS (more arguments for `drive`); STOP_WAIT
 # (30: seconds the pipeline gets to stop cleanly before it is killed); INGEST_TOML (more
-# [ingest] keys, e.g. `max_lag_batches = 20` to see 429 + Retry-After sooner).
+# [ingest] keys, e.g. `max_lag_batches = 20` to see 429 + Retry-After sooner);
+# WAL_MAX_RETAINED_GIB (wal.max_retained_bytes in GiB, 16: see below).
+#
+# The WAL keeps what the older of the two last checkpoints needs, up to two checkpoint
+# intervals (2 x 60 s) of pings: about 5 GB at 300,000 pings/s. The default bound
+# (4 GiB) would refuse appends (503) for the rest of each interval at that rate.
 #
 # The lease sweep is off (engine.sweep_interval_secs = 0): it is an hourly batch over
 # every lease, not the ping path, and at start it would flood the queues with overdue
@@ -38,6 +43,7 @@ ALERT_FRACTION="${ALERT_FRACTION:-0.01}"
 SEED="${SEED:-1}"
 PROFILE="${PROFILE:-release}"
 WAL_FSYNC="${WAL_FSYNC:-true}"
+WAL_MAX_RETAINED_GIB="${WAL_MAX_RETAINED_GIB:-16}"
 SQL_DIR="$(cd "${SQL_DIR:-$ROOT/sql}" && pwd)"
 WORK="${WORK:-/tmp/lw-drive}"
 
@@ -94,6 +100,7 @@ ${INGEST_TOML:-}
 [wal]
 dir = "$WORK/wal"
 fsync = $WAL_FSYNC
+max_retained_bytes = $((WAL_MAX_RETAINED_GIB * 1024 * 1024 * 1024))
 TOML
 
 step "start leasewatch run (log: $WORK/leasewatch.log)"
