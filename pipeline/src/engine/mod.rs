@@ -1261,9 +1261,7 @@ async fn accumulate(
                 let started = std::time::Instant::now();
                 w.final_slot.set(c.batches());
                 if w.settles {
-                    let mut occupied = c.others.clone();
-                    occupied.push((watermark, i64::MAX));
-                    settled.set_outside(occupied);
+                    settled.set_outside(c.occupied(watermark));
                 }
                 let reduced = run(&w.reduce, whole, pos).await;
                 settled.clear();
@@ -1291,38 +1289,38 @@ async fn accumulate(
                 && let Some(c) =
                     h.take_compaction(COMPACT_FANIN, MAX_COMPACTION_LEVEL, closed_at, true)
             {
-                // Level 0 is done above; whatever else is due goes to the thread.
-                if c.level == 0 {
-                    h.put_back(c);
-                } else {
-                    *upper -= 1;
-                    let slot = slot::Slot::default();
-                    slot.set(c.batches());
-                    let input = slot::SlotExec::new(Arc::clone(&w.partial_schema), None, slot)
-                        .map_err(internal)?;
-                    let plan = Arc::clone(&w.reduce)
-                        .replace_children(
+                // Level 0 is done above: what is due now is above it.
+                *upper -= 1;
+                let slot = slot::Slot::default();
+                slot.set(c.batches());
+                let plan = slot::SlotExec::new(Arc::clone(&w.partial_schema), None, slot).and_then(
+                    |input| {
+                        Arc::clone(&w.reduce).replace_children(
                             vec![Arc::new(input)],
                             datafusion::physical_plan::ReplaceChildrenOptions::new(
                                 datafusion::physical_plan::ChildrenPropertiesMode::Recompute,
                             ),
                         )
-                        .map_err(internal)?;
-                    let occupied = w.settles.then(|| {
-                        let mut o = c.others.clone();
-                        o.push((watermark, i64::MAX));
-                        o
-                    });
-                    let job = Job {
-                        plan,
-                        occupied,
-                        pos: pos.clone(),
-                    };
-                    if compactor.jobs.send(job).is_ok() {
-                        compactor.in_flight = Some((*index, c));
-                    } else {
+                    },
+                );
+                let plan = match plan {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // The parts stay as they were, no longer marked.
                         h.put_back(c);
+                        return Err(internal(e));
                     }
+                };
+                let occupied = w.settles.then(|| c.occupied(watermark));
+                let job = Job {
+                    plan,
+                    occupied,
+                    pos: pos.clone(),
+                };
+                if compactor.jobs.send(job).is_ok() {
+                    compactor.in_flight = Some((*index, c));
+                } else {
+                    h.put_back(c);
                 }
             }
         }

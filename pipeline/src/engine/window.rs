@@ -266,6 +266,15 @@ impl Compaction {
         self.parts.iter().map(|p| p.batch.clone()).collect()
     }
 
+    /// Where rows that the result may later be merged with can have their times: the
+    /// other parts' `[floor, ceil]`, and from `watermark` on (no row behind it enters
+    /// window state). Everything else is settled (`SettledSpans::set_outside`).
+    pub fn occupied(&self, watermark: i64) -> Vec<(i64, i64)> {
+        let mut o = self.others.clone();
+        o.push((watermark, i64::MAX));
+        o
+    }
+
     /// Rows taken.
     pub fn rows(&self) -> usize {
         self.parts.iter().map(|p| p.batch.num_rows()).sum()
@@ -289,17 +298,27 @@ impl Fanin {
     }
 }
 
-/// Marks the parts `pick` chooses busy and returns copies of them (their batches are
-/// shared, not copied).
-fn mark(parts: &mut [Part], mut pick: impl FnMut(&Part) -> bool) -> Vec<Part> {
-    let mut taken = Vec::new();
-    for p in parts.iter_mut() {
-        if pick(p) {
-            p.busy = true;
-            taken.push(p.clone());
+/// The parts `pick` chooses, in order: with `in_place` marked busy and returned as
+/// copies (their batches shared, not copied), else taken out of `parts`.
+fn take_parts(
+    parts: &mut Vec<Part>,
+    in_place: bool,
+    mut pick: impl FnMut(&Part) -> bool,
+) -> Vec<Part> {
+    if in_place {
+        let mut taken = Vec::new();
+        for p in parts.iter_mut() {
+            if pick(p) {
+                p.busy = true;
+                taken.push(p.clone());
+            }
         }
+        taken
+    } else {
+        let (taken, kept) = std::mem::take(parts).into_iter().partition(|p| pick(p));
+        *parts = kept;
+        taken
     }
-    taken
 }
 
 /// Per-slide partial aggregates of a hop/tumble window.
@@ -390,15 +409,10 @@ impl HopState {
                 if busy {
                     continue;
                 }
-                let parts = if in_place {
-                    mark(parts, |_| true)
-                } else {
-                    std::mem::take(parts)
-                };
                 return Some(Compaction {
                     bucket: k,
                     level: CLOSED_LEVEL,
-                    parts,
+                    parts: take_parts(parts, in_place, |_| true),
                     others: Vec::new(),
                     in_place,
                 });
@@ -416,28 +430,12 @@ impl HopState {
             let Some(level) = (0..=top).find(|&l| count[usize::from(l)] >= fanin.of(l)) else {
                 continue;
             };
-            let n = fanin.of(level);
-            let mut left = n;
-            let mut pick = |p: &Part| {
+            let mut left = fanin.of(level);
+            let taken = take_parts(parts, in_place, |p| {
                 let take = left > 0 && p.level == level && !p.busy;
                 left -= usize::from(take);
                 take
-            };
-            let taken = if in_place {
-                mark(parts, pick)
-            } else {
-                let mut taken = Vec::with_capacity(n);
-                let mut kept = Vec::with_capacity(parts.len());
-                for p in parts.drain(..) {
-                    if pick(&p) {
-                        taken.push(p)
-                    } else {
-                        kept.push(p)
-                    }
-                }
-                *parts = kept;
-                taken
-            };
+            });
             return Some(Compaction {
                 bucket: k,
                 level,
