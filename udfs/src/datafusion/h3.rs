@@ -1,6 +1,6 @@
 //! DataFusion adapters of the H3 functions in [`crate::core::h3`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanBuilder, Int64Array};
 use arrow::datatypes::{DataType, Field, Int64Type};
@@ -9,14 +9,18 @@ use datafusion_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
 
+use super::cell_grid::CellGrid;
 use super::util::{arrays, expect_args, f64s, i64s, map_rows, row_error, union_nulls};
 use crate::core::h3;
 
 /// `h3_cell(lat DOUBLE, lon DOUBLE, res BIGINT) -> BIGINT`: the H3 cell of a position;
-/// NULL for an invalid position, an error for a resolution outside 0..=15.
-#[derive(Debug, PartialEq, Eq, Hash)]
+/// NULL for an invalid position, an error for a resolution outside 0..=15. Answers come
+/// from a memo of small squares that lie inside one cell where it has one
+/// ([`CellGrid`]), the same answers as H3's.
+#[derive(Debug)]
 pub struct H3Cell {
     signature: Signature,
+    grid: Mutex<CellGrid>,
 }
 
 impl Default for H3Cell {
@@ -26,7 +30,23 @@ impl Default for H3Cell {
                 vec![DataType::Float64, DataType::Float64, DataType::Int64],
                 Volatility::Immutable,
             ),
+            grid: Mutex::default(),
         }
+    }
+}
+
+// Two instances are the same function: the memo is a cache, not part of its identity.
+impl PartialEq for H3Cell {
+    fn eq(&self, other: &Self) -> bool {
+        self.signature == other.signature
+    }
+}
+
+impl Eq for H3Cell {}
+
+impl std::hash::Hash for H3Cell {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.signature.hash(state);
     }
 }
 
@@ -57,18 +77,20 @@ impl ScalarUDFImpl for H3Cell {
         let [lat, lon, res] = expect_args::<3>(name, &arrays)?;
         let (lat, lon, res) = (f64s(name, lat)?, f64s(name, lon)?, i64s(name, res)?);
         let (lat_v, lon_v, res_v) = (lat.values(), lon.values(), res.values());
+        // Taken once per batch; a poisoned memo is still a valid memo.
+        let mut grid = self.grid.lock().unwrap_or_else(|e| e.into_inner());
         let out: Int64Array = match fixed_res {
             Some(r) => {
                 let nulls = union_nulls(&[lat, lon]);
                 map_rows(rows, nulls.as_ref(), |i| {
-                    Ok(h3::cell(lat_v[i], lon_v[i], r))
+                    Ok(grid.cell(lat_v[i], lon_v[i], r))
                 })?
             }
             None => {
                 let nulls = union_nulls(&[lat, lon, res]);
                 map_rows(rows, nulls.as_ref(), |i| {
                     let r = h3::resolution(res_v[i]).map_err(|e| row_error(name, i, e))?;
-                    Ok(h3::cell(lat_v[i], lon_v[i], r))
+                    Ok(grid.cell(lat_v[i], lon_v[i], r))
                 })?
             }
         };

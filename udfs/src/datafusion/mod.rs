@@ -2,6 +2,7 @@
 //! function, vectorised over Arrow arrays, all listed by [`functions`].
 
 mod aggregate;
+mod cell_grid;
 mod h3;
 mod scalar;
 mod util;
