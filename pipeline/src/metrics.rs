@@ -267,7 +267,7 @@ const ENGINE_ACTIVE_DEVICES: MetricDef = def(
     "leasewatch_engine_active_devices",
     G,
     &[],
-    "Distinct devices with a ping processed in the last hour.",
+    "Distinct devices with a ping processed in the last hour (estimated, within about 1%).",
 );
 const LOOKUP_HITS: MetricDef = def(
     "leasewatch_lookup_cache_hits_total",
@@ -676,6 +676,129 @@ fn prune(map: &mut DeviceMap, now: i64) {
     map.retain(|_, t| *t >= now - DEVICE_WINDOW_MS);
 }
 
+/// Registers of one [`ActiveDevices`] sketch: 2^14, a standard error of 0.8%.
+const SKETCH_BITS: u32 = 14;
+const SKETCH_REGISTERS: usize = 1 << SKETCH_BITS;
+/// Minutes of one [`ActiveDevices`] sketch.
+const SKETCH_MS: i64 = 60_000;
+
+/// Distinct devices of the last hour, estimated: one HyperLogLog sketch per minute
+/// (16 KiB each), merged when scraped. A ping costs a register update in a sketch that
+/// stays in the CPU cache; an exact count kept a map entry per device, a cache miss per
+/// ping on the engine thread (3% of it at 200,000 pings/s). Small counts are exact in
+/// practice (linear counting); large ones are within about 1%.
+#[derive(Debug)]
+struct ActiveDevices {
+    /// `(minute, registers)`, the minute's slot at `minute % len`.
+    sketches: Vec<(i64, Box<[u8]>)>,
+}
+
+impl Default for ActiveDevices {
+    fn default() -> Self {
+        let n = (DEVICE_WINDOW_MS / SKETCH_MS) as usize + 1;
+        Self {
+            sketches: (0..n)
+                .map(|_| (i64::MIN, vec![0u8; SKETCH_REGISTERS].into_boxed_slice()))
+                .collect(),
+        }
+    }
+}
+
+impl ActiveDevices {
+    /// The sketch of the minute of `now`, cleared when it last held an older minute.
+    fn sketch(&mut self, now: i64) -> &mut [u8] {
+        let minute = now.div_euclid(SKETCH_MS);
+        let len = self.sketches.len() as i64;
+        let (m, registers) = &mut self.sketches[minute.rem_euclid(len) as usize];
+        if *m != minute {
+            *m = minute;
+            registers.fill(0);
+        }
+        registers
+    }
+
+    /// Adds devices (their [`device_hash`]) seen at `now`.
+    fn add(&mut self, hashes: impl Iterator<Item = u64>, now: i64) {
+        let registers = self.sketch(now);
+        for h in hashes {
+            let j = (h >> (64 - SKETCH_BITS)) as usize;
+            // Position of the first one bit in the other 50 bits (51 when all are zero).
+            let rank = ((h << SKETCH_BITS) | (1 << (SKETCH_BITS - 1))).leading_zeros() as u8 + 1;
+            if let Some(r) = registers.get_mut(j)
+                && *r < rank
+            {
+                *r = rank;
+            }
+        }
+    }
+
+    /// Distinct devices seen within the window before `now`.
+    fn estimate(&self, now: i64) -> f64 {
+        let minute = now.div_euclid(SKETCH_MS);
+        let first = minute - DEVICE_WINDOW_MS / SKETCH_MS + 1;
+        let mut merged = vec![0u8; SKETCH_REGISTERS];
+        for (m, registers) in &self.sketches {
+            if (first..=minute).contains(m) {
+                for (a, b) in merged.iter_mut().zip(registers.iter()) {
+                    *a = (*a).max(*b);
+                }
+            }
+        }
+        // Ertl's improved estimator ("New cardinality estimation algorithms for
+        // HyperLogLog sketches", 2017): unbiased across the range without the tables of
+        // HyperLogLog++, and exact enough for small counts.
+        const Q: usize = 64 - SKETCH_BITS as usize;
+        let mut counts = [0u32; Q + 2];
+        for r in &merged {
+            counts[usize::from(*r).min(Q + 1)] += 1;
+        }
+        let m = SKETCH_REGISTERS as f64;
+        let mut z = m * tau((m - f64::from(counts[Q + 1])) / m);
+        for c in counts[1..=Q].iter().rev() {
+            z = 0.5 * (z + f64::from(*c));
+        }
+        z += m * sigma(f64::from(counts[0]) / m);
+        if z.is_infinite() {
+            return 0.0;
+        }
+        m * m / (2.0 * std::f64::consts::LN_2) / z
+    }
+}
+
+/// Ertl's σ(x) = x + Σ_k≥1 x^(2^k)·2^(k-1), infinite at 1 (an empty sketch).
+fn sigma(x: f64) -> f64 {
+    if x >= 1.0 {
+        return f64::INFINITY;
+    }
+    let (mut x, mut y, mut z) = (x, 1.0, x);
+    loop {
+        x *= x;
+        let before = z;
+        z += x * y;
+        y += y;
+        if z == before {
+            return z;
+        }
+    }
+}
+
+/// Ertl's τ(x) = (1 - x - Σ_k≥1 (1 - x^(2^-k))²·2^-k) / 3.
+fn tau(x: f64) -> f64 {
+    if x <= 0.0 || x >= 1.0 {
+        return 0.0;
+    }
+    let (mut x, mut y, mut z) = (x, 1.0, 1.0 - x);
+    loop {
+        x = x.sqrt();
+        let before = z;
+        y *= 0.5;
+        z -= (1.0 - x).powi(2) * y;
+        if z == before {
+            return z / 3.0;
+        }
+    }
+}
+
 impl AlertTally {
     /// Records messages written to a queue at `written_at` (ms since epoch).
     pub fn record<'a>(&self, written: impl IntoIterator<Item = &'a QueueMessage>, written_at: i64) {
@@ -733,7 +856,7 @@ struct Inner {
     sampler_errors: IntCounter,
     sources: Mutex<Sources>,
     engine: Mutex<EngineSample>,
-    active_devices: Mutex<DeviceMap>,
+    active_devices: Mutex<ActiveDevices>,
     receive_to_done: AtomicHistogram,
     last_checkpoint_ms: AtomicI64,
     descs: Vec<Desc>,
@@ -798,7 +921,7 @@ impl Metrics {
             sampler_errors: IntCounter::with_opts(opts(&SAMPLER_ERRORS))?,
             sources: Mutex::new(Sources::default()),
             engine: Mutex::new(EngineSample::default()),
-            active_devices: Mutex::new(DeviceMap::default()),
+            active_devices: Mutex::default(),
             receive_to_done: AtomicHistogram::new(END_TO_END_BUCKETS),
             last_checkpoint_ms: AtomicI64::new(now_ms()),
             descs,
@@ -937,14 +1060,7 @@ impl Metrics {
         else {
             return;
         };
-        let mut d = lock(&self.inner.active_devices);
-        let before = d.len();
-        for id in ids.iter().flatten() {
-            d.insert(device_hash(id), now);
-        }
-        if d.len() > 4096 && d.len().next_power_of_two() != before.next_power_of_two() {
-            prune(&mut d, now);
-        }
+        lock(&self.inner.active_devices).add(ids.iter().flatten().map(device_hash), now);
     }
 
     /// A checkpoint was made durable in `took`.
@@ -1271,11 +1387,8 @@ impl Collector for Sampled {
             out.push(one(&ENGINE_BACKLOG_BATCHES, l.batches as f64));
             out.push(one(&ENGINE_BACKLOG_ROWS, l.rows as f64));
         }
-        {
-            let mut d = lock(&i.active_devices);
-            prune(&mut d, now);
-            out.push(one(&ENGINE_ACTIVE_DEVICES, d.len() as f64));
-        }
+        let active = lock(&i.active_devices).estimate(now).round();
+        out.push(one(&ENGINE_ACTIVE_DEVICES, active));
         if !lookups.is_empty() {
             let snaps: Vec<_> = lookups
                 .iter()
@@ -1374,6 +1487,42 @@ impl Collector for Sampled {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    fn ids(range: std::ops::Range<u32>) -> impl Iterator<Item = u64> {
+        range.map(|i| device_hash(&format!("dev-{i:08}")))
+    }
+
+    #[test]
+    fn active_devices_are_counted_within_two_percent() {
+        let now = 1_800_000_000_000;
+        for n in [1u32, 10, 1_000, 10_000, 40_000, 100_000, 1_000_000] {
+            let mut a = ActiveDevices::default();
+            // Each device pings three times, in different minutes of the hour.
+            for minute in [0, 20, 59] {
+                a.add(ids(0..n), now - minute * SKETCH_MS);
+            }
+            let e = a.estimate(now);
+            let error = (e - f64::from(n)).abs() / f64::from(n);
+            let bound = if n <= 1_000 { 0.005 } else { 0.02 };
+            assert!(error <= bound, "{n} devices estimated as {e}");
+        }
+        assert_eq!(ActiveDevices::default().estimate(0), 0.0);
+    }
+
+    #[test]
+    fn active_devices_leave_the_count_after_an_hour() {
+        let start = 1_800_000_000_000;
+        let mut a = ActiveDevices::default();
+        a.add(ids(0..500), start);
+        a.add(ids(500..600), start + 30 * SKETCH_MS);
+        let near = |e: f64, n: f64| (e - n).abs() <= n / 100.0;
+        assert!(near(a.estimate(start + 59 * SKETCH_MS), 600.0));
+        assert!(near(a.estimate(start + 60 * SKETCH_MS), 100.0));
+        // A sketch's slot comes round again: it holds only its new minute.
+        a.add(ids(1000..1010), start + 61 * SKETCH_MS);
+        assert!(near(a.estimate(start + 61 * SKETCH_MS), 110.0));
+        assert_eq!(a.estimate(start + 200 * SKETCH_MS), 0.0);
+    }
 
     #[test]
     fn names_follow_the_convention() {
