@@ -342,7 +342,8 @@ impl ExtensionPlanner for LookupPlanner {
     }
 }
 
-/// The session's query planner: DataFusion's, plus lookup joins.
+/// The session's query planner: DataFusion's, plus lookup joins, with projections that
+/// record no metrics ([`super::projection`]).
 #[derive(Debug)]
 pub struct QueryPlanner {
     tables: LookupTables,
@@ -362,11 +363,12 @@ impl datafusion::execution::context::QueryPlanner for QueryPlanner {
         logical_plan: &LogicalPlan,
         session: &dyn Session,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(LookupPlanner::new(
-            Arc::clone(&self.tables),
-        ))])
+        let plan = DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(
+            LookupPlanner::new(Arc::clone(&self.tables)),
+        )])
         .create_physical_plan(logical_plan, session)
-        .await
+        .await?;
+        super::projection::lean(plan)
     }
 }
 

@@ -26,6 +26,7 @@
 pub mod checkpoint;
 pub mod lookup_join;
 pub mod plan;
+pub mod projection;
 pub mod slot;
 pub mod sql;
 pub mod window;
@@ -1541,5 +1542,37 @@ mod tests {
             }
         }
         assert!(bad.is_empty(), "{bad:#?}");
+    }
+
+    fn names(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<String>) {
+        out.push(plan.name().to_string());
+        for c in plan.children() {
+            names(c, out);
+        }
+    }
+
+    /// Every projection of the product plans is a `LeanProjectionExec`: a
+    /// `ProjectionExec` formats each of its expressions as SQL on every run.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_product_plans_project_without_metrics() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql");
+        let options = EngineOptions {
+            capture_sinks: true,
+            ..EngineOptions::default()
+        };
+        let engine = Engine::from_dir(&dir, &options).await.unwrap();
+        let mut all = Vec::new();
+        for q in &engine.queries {
+            match &q.kind {
+                QueryKind::PerBatch(p) => names(p, &mut all),
+                QueryKind::Windowed(w) => {
+                    for p in [&w.pre, &w.partial, &w.reduce, &w.final_agg, &w.post] {
+                        names(p, &mut all);
+                    }
+                }
+            }
+        }
+        assert!(all.iter().any(|n| n == "LeanProjectionExec"), "{all:?}");
+        assert!(!all.iter().any(|n| n == "ProjectionExec"), "{all:?}");
     }
 }
