@@ -101,6 +101,14 @@ impl LookupCache {
         None
     }
 
+    /// What the cache holds for `key` at `now`, without a copy: `Some(Some(row))` found,
+    /// `Some(None)` known missing, `None` not cached. An expired entry reads as not
+    /// cached and stays until the value fetched again replaces it.
+    pub fn peek(&self, key: &str, now: Instant) -> Option<Option<&CachedRow>> {
+        let entry = self.map.get(key)?;
+        (entry.expires > now).then_some(entry.value.as_ref())
+    }
+
     /// Caches `value` (`None`: a miss) for `key` from `now`.
     pub fn insert(&mut self, key: &str, value: Option<CachedRow>, now: Instant) {
         if !self.enabled() {
@@ -231,6 +239,26 @@ mod tests {
         assert_eq!(c.get("a", t2), None);
         assert_eq!(c.bytes(), 0);
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn peek_reads_like_get_and_leaves_expired_entries_for_the_refetch() {
+        let mut c = LookupCache::new(&cfg(1 << 20, 100));
+        let t0 = Instant::now();
+        let (b, b2) = (batch(1), batch(1));
+        c.insert("a", Some(row(&b, 0, 8)), t0);
+        c.insert("b", None, t0);
+        assert_eq!(c.peek("a", t0), Some(Some(&row(&b, 0, 8))));
+        assert_eq!(c.peek("b", t0), Some(None));
+        assert_eq!(c.peek("z", t0), None);
+        let t2 = t0 + Duration::from_millis(1_001);
+        assert_eq!(c.peek("a", t2), None);
+        assert_eq!(c.len(), 2);
+        let bytes = c.bytes();
+        // The refetched value replaces the expired one, and its bytes.
+        c.insert("a", Some(row(&b2, 0, 8)), t2);
+        assert_eq!(c.peek("a", t2), Some(Some(&row(&b2, 0, 8))));
+        assert_eq!(c.bytes(), bytes);
     }
 
     #[test]

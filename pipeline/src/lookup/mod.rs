@@ -367,16 +367,25 @@ impl RedisLookup {
             }
         }
 
-        // 2. cache: decoded rows for hits
+        // 2. cache: decoded rows for hits, each batch they sit in taken once (by pointer)
         let now = Instant::now();
-        let mut found: Vec<Option<(Arc<RecordBatch>, u32)>> = vec![None; distinct.len()];
+        let mut sources: Vec<Arc<RecordBatch>> = Vec::new();
+        let mut found: Vec<Option<(usize, u32)>> = vec![None; distinct.len()];
         let mut misses: Vec<u32> = Vec::new();
         {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            let mut source_of: HashMap<*const RecordBatch, usize, foldhash::fast::RandomState> =
+                HashMap::default();
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             for (i, k) in distinct.iter().enumerate() {
-                match cache.get(k, now) {
-                    Some(Cached::Found(r)) => found[i] = Some((r.batch, r.row)),
-                    Some(Cached::Missing) => {}
+                match cache.peek(k, now) {
+                    Some(Some(r)) => {
+                        let source = *source_of.entry(Arc::as_ptr(&r.batch)).or_insert_with(|| {
+                            sources.push(Arc::clone(&r.batch));
+                            sources.len() - 1
+                        });
+                        found[i] = Some((source, r.row));
+                    }
+                    Some(None) => {}
                     None => misses.push(i as u32),
                 }
             }
@@ -389,27 +398,27 @@ impl RedisLookup {
 
         // 3. one MGET for the misses, 4. one decode for what it returned, 5. cached
         if !misses.is_empty() {
-            self.fetch_and_decode(&distinct, &misses, now, &mut found)
-                .await?;
+            let (batch, decoded_row) = self.fetch_and_decode(&distinct, &misses, now).await?;
+            let source = sources.len();
+            sources.push(batch);
+            for (&i, r) in misses.iter().zip(&decoded_row) {
+                if let Some(r) = r {
+                    found[i as usize] = Some((source, *r));
+                }
+            }
         }
 
-        // 6. where each distinct key's state is, and each input row's state row
-        let mut sources: Vec<Arc<RecordBatch>> = Vec::new();
-        let mut source_of: HashMap<*const RecordBatch, usize, foldhash::fast::RandomState> =
-            HashMap::default();
+        // 6. each distinct key's state row, and each input row's
         let mut rows: Vec<(usize, usize)> = Vec::with_capacity(distinct.len());
         let mut state_row: Vec<Option<u32>> = Vec::with_capacity(distinct.len());
         for f in found {
-            let Some((batch, row)) = f else {
-                state_row.push(None);
-                continue;
-            };
-            let source = *source_of.entry(Arc::as_ptr(&batch)).or_insert_with(|| {
-                sources.push(Arc::clone(&batch));
-                sources.len() - 1
-            });
-            state_row.push(Some(rows.len() as u32));
-            rows.push((source, row as usize));
+            match f {
+                Some((source, row)) => {
+                    state_row.push(Some(rows.len() as u32));
+                    rows.push((source, row as usize));
+                }
+                None => state_row.push(None),
+            }
         }
         let mut idx: Vec<u32> = Vec::with_capacity(row_distinct.len());
         let mut valid: Vec<bool> = Vec::with_capacity(row_distinct.len());
@@ -435,15 +444,14 @@ impl RedisLookup {
     }
 
     /// Fetches `distinct[misses]` with one `MGET`, decodes the values into one batch of the
-    /// state schema, caches each key's row (or its absence), and records the rows in
-    /// `found`.
+    /// state schema and caches each key's row (or its absence). Returns the batch and,
+    /// per miss, its row there (`None`: absent or malformed).
     async fn fetch_and_decode(
         &self,
         distinct: &[&str],
         misses: &[u32],
         now: Instant,
-        found: &mut [Option<(Arc<RecordBatch>, u32)>],
-    ) -> Result<(), LookupError> {
+    ) -> Result<(Arc<RecordBatch>, Vec<Option<u32>>), LookupError> {
         let values = self.fetch(distinct, misses).await?;
         let (decoded, decoded_row, malformed) =
             decode_values(&self.value_schema, &values).map_err(LookupError::Internal)?;
@@ -485,13 +493,11 @@ impl RedisLookup {
                 row,
                 bytes: row_bytes,
             });
-            if let Some(r) = r {
-                found[i] = Some((Arc::clone(&batch), *r));
-            }
             // absent and malformed values are cached as misses
             cache.insert(distinct[i], row, now);
         }
-        Ok(())
+        drop(cache);
+        Ok((batch, decoded_row))
     }
 
     /// One `MGET` for `distinct[misses]`: the values in the order of `misses`.
