@@ -15,7 +15,8 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema};
 use criterion::{
-    BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main, measurement::WallTime,
+    BatchSize, BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main,
+    measurement::WallTime,
 };
 use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::function::AccumulatorArgs;
@@ -174,6 +175,35 @@ fn benches(c: &mut Criterion) {
         DataType::Int64,
         Some(ScalarValue::Int64(Some(9))),
     );
+
+    // The same points in every iteration: after two, h3_cell answers from its memo of
+    // squares (phones reporting from places they have been). Moved to fresh squares in
+    // every iteration, it pays the memo's bookkeeping on top of h3o (phones on the move).
+    let h3_cell = udfs
+        .iter()
+        .find(|f| f.name() == "h3_cell")
+        .expect("registered");
+    let mut shift = 0_u32;
+    group.bench_function("h3_cell_new_positions", |b| {
+        b.iter_batched(
+            || {
+                shift = (shift + 1) % 4096;
+                let d = f64::from(shift) * 0.01;
+                let lat: ArrayRef =
+                    Arc::new(Float64Array::from_iter_values(lat.iter().map(|v| v + d)));
+                vec![lat, Arc::clone(&lon_a)]
+            },
+            |args| {
+                black_box(run_scalar(
+                    h3_cell,
+                    &args,
+                    DataType::Int64,
+                    Some(ScalarValue::Int64(Some(9))),
+                ))
+            },
+            BatchSize::SmallInput,
+        )
+    });
 
     // h3o's own cost for the same work, one call per point: the baseline for h3_cell.
     let res = h3o::Resolution::Nine;
