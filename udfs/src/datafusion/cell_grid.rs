@@ -17,11 +17,13 @@
 //! with distortion vertices (class III cells that cross a face edge) are never memoised.
 //! `tests` checks the memo against H3 on random, clustered and face-edge positions.
 //!
-//! A square is checked on its second visit, so a position seen once (a phone on the move)
-//! costs one map insert on top of the direct computation. The memo is bounded: it starts
-//! over when it holds [`MAX_SQUARES`].
-
-use std::collections::HashMap;
+//! The memo is a direct-mapped table of 2^19 squares (8 MiB, zeroed pages until used):
+//! a square lands in the slot its key hashes to, replacing whatever was there, so a
+//! lookup is one memory access and the memo never grows. A square is checked on its
+//! second visit, so a position seen once (a phone on the move) costs that access on top
+//! of the direct computation; and after a batch where the memo answered less than a
+//! quarter of the positions it sits out the next [`SIT_OUT`] batches, so a fleet on the
+//! move pays for it on one batch in eight.
 
 use h3o::Resolution;
 
@@ -35,23 +37,31 @@ pub const MIN_RES: u8 = 5;
 pub const MAX_RES: u8 = 11;
 /// Squares only between these latitudes: a degree of longitude shrinks towards the poles.
 const MAX_LAT: f64 = 85.0;
-/// Squares held before the memo starts over (16 bytes each, plus the map's slack).
-pub const MAX_SQUARES: usize = 1 << 19;
+/// log2 of the memo's slots (16 bytes each).
+const SLOTS_BITS: u32 = 19;
 
-#[derive(Debug, Clone, Copy)]
-enum Square {
-    /// Seen once: not checked yet.
-    Seen,
-    /// Spans more than one cell (or a pentagon, or a cell with distortion vertices).
-    Mixed,
-    /// Wholly inside this cell.
-    Inside(i64),
-}
+/// A slot's value: a cell (H3 indexes are non-negative as `i64`), or seen once and not
+/// checked yet,
+const SEEN: i64 = -1;
+/// or spanning more than one cell (or a pentagon, or a cell with distortion vertices).
+const MIXED: i64 = -2;
+
+/// Batches the memo sits out after one where it answered under a quarter of the
+/// positions it was asked (at least [`JUDGED`] of them).
+pub const SIT_OUT: u32 = 7;
+const JUDGED: u64 = 256;
 
 /// The memo. Not synchronised: the UDF holds it behind a mutex taken once per batch.
 #[derive(Debug, Default)]
 pub struct CellGrid {
-    squares: HashMap<u64, Square, foldhash::fast::FixedState>,
+    /// `(key, value)`; key 0 is an empty slot (a key holds its resolution, at least 5,
+    /// in its top bits). Allocated on first use.
+    slots: Vec<(u64, i64)>,
+    /// Batches left to sit out.
+    sitting_out: u32,
+    /// Positions of this batch asked of the memo, and answered by it.
+    asked: u64,
+    answered: u64,
 }
 
 /// Degrees per square at `res`: an eighth of the mean hexagon edge.
@@ -60,6 +70,26 @@ fn step(res: Resolution) -> f64 {
 }
 
 impl CellGrid {
+    /// Starts a batch: whether its positions go through the memo ([`Self::cell`]) or
+    /// straight to `h3::cell`, while the memo sits out.
+    pub fn start_batch(&mut self) -> bool {
+        if self.sitting_out > 0 {
+            self.sitting_out -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// Ends a batch: one the memo answered too little of makes it sit out the next
+    /// [`SIT_OUT`].
+    pub fn finish_batch(&mut self) {
+        if self.asked >= JUDGED && self.answered * 4 < self.asked {
+            self.sitting_out = SIT_OUT;
+        }
+        self.asked = 0;
+        self.answered = 0;
+    }
+
     /// `h3::cell(lat, lon, res)`, from the memo when the position's square has been
     /// checked.
     pub fn cell(&mut self, lat: f64, lon: f64, res: Resolution) -> Option<i64> {
@@ -75,48 +105,53 @@ impl CellGrid {
         let key = (u64::from(r) << 56)
             | (((qlat as i64 + (1 << 27)) as u64) << 28)
             | ((qlon as i64 + (1 << 27)) as u64);
-        match self.squares.get(&key).copied() {
-            Some(Square::Inside(c)) => Some(c),
-            Some(Square::Mixed) => h3::cell(lat, lon, res),
-            Some(Square::Seen) => {
-                let square = check(qlat, qlon, step, res);
-                self.squares.insert(key, square);
-                match square {
-                    Square::Inside(c) => Some(c),
-                    _ => h3::cell(lat, lon, res),
-                }
-            }
-            None => {
-                if self.squares.len() >= MAX_SQUARES {
-                    self.squares.clear();
-                }
-                self.squares.insert(key, Square::Seen);
-                h3::cell(lat, lon, res)
+        if self.slots.is_empty() {
+            self.slots = vec![(0, 0); 1 << SLOTS_BITS];
+        }
+        self.asked += 1;
+        // Fibonacci hashing: the top bits of the key times 2^64/φ.
+        let i = (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SLOTS_BITS)) as usize;
+        let Some(slot) = self.slots.get_mut(i) else {
+            return h3::cell(lat, lon, res);
+        };
+        if slot.0 != key {
+            *slot = (key, SEEN);
+            return h3::cell(lat, lon, res);
+        }
+        if slot.1 == SEEN {
+            slot.1 = check(qlat, qlon, step, res);
+        }
+        match slot.1 {
+            MIXED => h3::cell(lat, lon, res),
+            cell => {
+                self.answered += 1;
+                Some(cell)
             }
         }
     }
 }
 
-/// Whether the square `(qlat, qlon)` of width `step` lies wholly inside one cell of `res`.
-fn check(qlat: f64, qlon: f64, step: f64, res: Resolution) -> Square {
+/// The cell the square `(qlat, qlon)` of width `step` lies wholly inside at `res`, or
+/// [`MIXED`].
+fn check(qlat: f64, qlon: f64, step: f64, res: Resolution) -> i64 {
     let margin = step / 16.0;
     let (lat0, lat1) = (qlat * step - margin, (qlat + 1.0) * step + margin);
     let widest = lat0.abs().max(lat1.abs()).to_radians().cos();
     let lon_margin = margin / widest;
     let (lon0, lon1) = (qlon * step - lon_margin, (qlon + 1.0) * step + lon_margin);
     let Some(cell) = h3::cell(lat0, lon0, res) else {
-        return Square::Mixed;
+        return MIXED;
     };
     let corners = [(lat0, lon1), (lat1, lon0), (lat1, lon1)];
     if corners
         .iter()
         .any(|&(lat, lon)| h3::cell(lat, lon, res) != Some(cell))
     {
-        return Square::Mixed;
+        return MIXED;
     }
     match h3::cell_index(cell) {
-        Some(index) if !index.is_pentagon() && index.boundary().len() == 6 => Square::Inside(cell),
-        _ => Square::Mixed,
+        Some(index) if !index.is_pentagon() && index.boundary().len() == 6 => cell,
+        _ => MIXED,
     }
 }
 
@@ -158,10 +193,10 @@ mod tests {
     /// inside: every position of it must index to its cell. Returns the squares checked.
     fn squares_hold(grid: &CellGrid, rng: &mut Rng) -> usize {
         let mut checked = 0;
-        for (&key, square) in &grid.squares {
-            let Square::Inside(cell) = *square else {
+        for &(key, cell) in &grid.slots {
+            if key == 0 || cell < 0 {
                 continue;
-            };
+            }
             let res = Resolution::try_from((key >> 56) as u8).unwrap();
             let qlat = ((key >> 28) & ((1 << 28) - 1)) as i64 - (1 << 27);
             let qlon = (key & ((1 << 28) - 1)) as i64 - (1 << 27);
@@ -271,6 +306,38 @@ mod tests {
     }
 
     #[test]
+    fn the_memo_sits_out_after_a_batch_it_could_not_answer() {
+        let mut grid = CellGrid::default();
+        let res = Resolution::Nine;
+        let s = step(res);
+        let batch = |grid: &mut CellGrid, shift: f64| {
+            let memo = grid.start_batch();
+            for i in 0..1000 {
+                let (lat, lon) = (10.0 + shift, 20.0 + f64::from(i) * s * 3.0);
+                let want = h3::cell(lat, lon, res);
+                let got = if memo {
+                    grid.cell(lat, lon, res)
+                } else {
+                    h3::cell(lat, lon, res)
+                };
+                assert_eq!(got, want);
+            }
+            grid.finish_batch();
+            memo
+        };
+        // Fresh squares: the memo answers none and sits out the next seven batches.
+        assert!(batch(&mut grid, 0.0));
+        for _ in 0..SIT_OUT {
+            assert!(!batch(&mut grid, 0.0));
+        }
+        // Back, it checks the squares it saw, answers them from then on and stays.
+        assert!(batch(&mut grid, 0.0));
+        for _ in 0..10 {
+            assert!(batch(&mut grid, 0.0));
+        }
+    }
+
+    #[test]
     fn positions_anywhere_agree_with_h3() {
         let mut rng = Rng(3);
         let mut grid = CellGrid::default();
@@ -286,18 +353,5 @@ mod tests {
         for (lat, lon) in [(85.0, 180.0), (-85.0, -180.0), (0.0, 180.0), (0.0, -180.0)] {
             agree(&mut grid, lat, lon, Resolution::Seven);
         }
-    }
-
-    #[test]
-    fn the_memo_starts_over_when_full() {
-        let mut grid = CellGrid::default();
-        let s = step(Resolution::Eleven);
-        for i in 0..MAX_SQUARES + 10 {
-            let lat = (i / 4096) as f64 * s * 1.5;
-            let lon = (i % 4096) as f64 * s * 1.5;
-            grid.cell(lat, lon, Resolution::Eleven);
-        }
-        assert!(grid.squares.len() <= MAX_SQUARES);
-        assert!(!grid.squares.is_empty());
     }
 }

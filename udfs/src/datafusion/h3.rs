@@ -79,21 +79,29 @@ impl ScalarUDFImpl for H3Cell {
         let (lat_v, lon_v, res_v) = (lat.values(), lon.values(), res.values());
         // Taken once per batch; a poisoned memo is still a valid memo.
         let mut grid = self.grid.lock().unwrap_or_else(|e| e.into_inner());
-        let out: Int64Array = match fixed_res {
+        let memo = grid.start_batch();
+        let mut cell = |lat: f64, lon: f64, r| {
+            if memo {
+                grid.cell(lat, lon, r)
+            } else {
+                h3::cell(lat, lon, r)
+            }
+        };
+        let out = match fixed_res {
             Some(r) => {
                 let nulls = union_nulls(&[lat, lon]);
-                map_rows(rows, nulls.as_ref(), |i| {
-                    Ok(grid.cell(lat_v[i], lon_v[i], r))
-                })?
+                map_rows(rows, nulls.as_ref(), |i| Ok(cell(lat_v[i], lon_v[i], r)))
             }
             None => {
                 let nulls = union_nulls(&[lat, lon, res]);
                 map_rows(rows, nulls.as_ref(), |i| {
                     let r = h3::resolution(res_v[i]).map_err(|e| row_error(name, i, e))?;
-                    Ok(grid.cell(lat_v[i], lon_v[i], r))
-                })?
+                    Ok(cell(lat_v[i], lon_v[i], r))
+                })
             }
         };
+        grid.finish_batch();
+        let out: Int64Array = out?;
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
