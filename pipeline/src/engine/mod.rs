@@ -1509,11 +1509,8 @@ mod tests {
         }
     }
 
-    /// `run` resets every plan before each run. A node whose properties are recomputed
-    /// makes every node above it recompute its own, which cost the engine thread more
-    /// than the product's per-ping rules' projections themselves did.
-    #[tokio::test(flavor = "current_thread")]
-    async fn resetting_the_product_plans_recomputes_no_properties() {
+    /// Every physical plan of the product's `sql/`, with its query's name.
+    async fn product_plans() -> Vec<(String, Arc<dyn ExecutionPlan>)> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql");
         let options = EngineOptions {
             capture_sinks: true,
@@ -1532,6 +1529,15 @@ mod tests {
             }
         }
         assert!(plans.len() > 20, "{}", plans.len());
+        plans
+    }
+
+    /// `run` resets every plan before each run. A node whose properties are recomputed
+    /// makes every node above it recompute its own, which cost the engine thread more
+    /// than the product's per-ping rules' projections themselves did.
+    #[tokio::test(flavor = "current_thread")]
+    async fn resetting_the_product_plans_recomputes_no_properties() {
+        let plans = product_plans().await;
         let mut bad = Vec::new();
         for (name, plan) in &plans {
             let fresh = reset_plan_states(Arc::clone(plan)).unwrap();
@@ -1555,22 +1561,9 @@ mod tests {
     /// `ProjectionExec` formats each of its expressions as SQL on every run.
     #[tokio::test(flavor = "current_thread")]
     async fn the_product_plans_project_without_metrics() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql");
-        let options = EngineOptions {
-            capture_sinks: true,
-            ..EngineOptions::default()
-        };
-        let engine = Engine::from_dir(&dir, &options).await.unwrap();
         let mut all = Vec::new();
-        for q in &engine.queries {
-            match &q.kind {
-                QueryKind::PerBatch(p) => names(p, &mut all),
-                QueryKind::Windowed(w) => {
-                    for p in [&w.pre, &w.partial, &w.reduce, &w.final_agg, &w.post] {
-                        names(p, &mut all);
-                    }
-                }
-            }
+        for (_, plan) in product_plans().await {
+            names(&plan, &mut all);
         }
         assert!(all.iter().any(|n| n == "LeanProjectionExec"), "{all:?}");
         assert!(!all.iter().any(|n| n == "ProjectionExec"), "{all:?}");

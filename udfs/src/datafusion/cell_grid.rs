@@ -223,6 +223,31 @@ mod tests {
         checked
     }
 
+    /// `n` positions around `centre`, up to `spread` degrees away, through [`agree`].
+    fn scatter(
+        grid: &mut CellGrid,
+        rng: &mut Rng,
+        res: Resolution,
+        (lat, lon): (f64, f64),
+        spread: f64,
+        n: usize,
+    ) {
+        for _ in 0..n {
+            let at = (
+                lat + rng.range(-spread, spread),
+                lon + rng.range(-spread, spread),
+            );
+            agree(grid, at.0, at.1, res);
+        }
+    }
+
+    /// The twelve pentagons at `res`: five icosahedron faces meet around each.
+    fn pentagons(res: Resolution) -> impl Iterator<Item = CellIndex> {
+        CellIndex::base_cells()
+            .filter(|c| c.is_pentagon())
+            .flat_map(move |c| c.center_child(res))
+    }
+
     fn resolutions() -> impl Iterator<Item = Resolution> {
         (MIN_RES - 1..=MAX_RES + 1).map(|r| Resolution::try_from(r).unwrap())
     }
@@ -234,12 +259,8 @@ mod tests {
         for res in resolutions() {
             let spread = step(res) * 40.0;
             for _ in 0..20 {
-                let (clat, clon) = (rng.range(-84.0, 84.0), rng.range(-179.0, 179.0));
-                for _ in 0..400 {
-                    let lat = clat + rng.range(-spread, spread);
-                    let lon = clon + rng.range(-spread, spread);
-                    agree(&mut grid, lat, lon, res);
-                }
+                let centre = (rng.range(-84.0, 84.0), rng.range(-179.0, 179.0));
+                scatter(&mut grid, &mut rng, res, centre, spread, 400);
             }
         }
         let inside = squares_hold(&grid, &mut rng);
@@ -254,16 +275,10 @@ mod tests {
         let mut rng = Rng(5);
         for res in resolutions() {
             let spread = step(res) * 60.0;
-            let pentagons = CellIndex::base_cells()
-                .filter(|c| c.is_pentagon())
-                .flat_map(|c| c.center_child(res));
-            for p in pentagons {
+            for p in pentagons(res) {
                 let centre = LatLng::from(p);
-                for _ in 0..300 {
-                    let lat = centre.lat() + rng.range(-spread, spread);
-                    let lon = centre.lng() + rng.range(-spread, spread);
-                    agree(&mut grid, lat, lon, res);
-                }
+                let centre = (centre.lat(), centre.lng());
+                scatter(&mut grid, &mut rng, res, centre, spread, 300);
             }
         }
         let inside = squares_hold(&grid, &mut rng);
@@ -277,11 +292,8 @@ mod tests {
         let mut grid = CellGrid::default();
         let mut rng = Rng(11);
         for res in resolutions() {
-            let pentagons = CellIndex::base_cells()
-                .filter(|c| c.is_pentagon())
-                .flat_map(|c| c.center_child(res));
             let far = LatLng::new(0.0, 179.999).unwrap().to_cell(res);
-            for cell in pentagons.chain(far.grid_disk::<Vec<_>>(2)) {
+            for cell in pentagons(res).chain(far.grid_disk::<Vec<_>>(2)) {
                 for neighbour in cell.grid_disk::<Vec<_>>(2) {
                     let boundary = neighbour.boundary();
                     for (i, a) in boundary.iter().enumerate() {
