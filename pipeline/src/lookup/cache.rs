@@ -1,12 +1,13 @@
 //! A TTL cache of decoded lookup rows, bounded by bytes and entries.
 //!
 //! A value is kept as the row of the Arrow batch it was decoded into (the lookup's state
-//! schema: key, then the value columns), so a hit costs a reference-count increment and
-//! the lookup gathers hits with `interleave` instead of decoding their JSON again. Every
+//! schema: key, then the value columns), so a hit is read in place ([`LookupCache::peek`])
+//! and the lookup gathers hits with `interleave` instead of decoding their JSON again. Every
 //! row decoded in one batch shares that batch; the batch is freed when the last of its rows
 //! leaves the cache. Rows of one batch are inserted together with the same TTL, so they
 //! also expire together. Misses are cached too ("negative" entries) with their own,
-//! shorter TTL.
+//! shorter TTL. An expired entry stays until the value fetched again replaces it, or
+//! eviction takes it.
 //!
 //! Eviction is oldest-inserted first: every entry expires after its TTL anyway, so the
 //! insertion order is the age order, and a FIFO needs no bookkeeping on the read path.
@@ -38,15 +39,6 @@ impl PartialEq for CachedRow {
 }
 
 impl Eq for CachedRow {}
-
-/// What the cache knows about a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cached {
-    /// The key's value, decoded.
-    Found(CachedRow),
-    /// The key was absent (or its value malformed) when last fetched.
-    Missing,
-}
 
 #[derive(Debug)]
 struct Entry {
@@ -86,19 +78,6 @@ impl LookupCache {
 
     fn enabled(&self) -> bool {
         self.max_entries > 0 && self.max_bytes > 0 && !self.ttl.is_zero()
-    }
-
-    /// The cached state of `key` at `now`, or `None` (not cached or expired).
-    pub fn get(&mut self, key: &str, now: Instant) -> Option<Cached> {
-        let entry = self.map.get(key)?;
-        if entry.expires > now {
-            return Some(match &entry.value {
-                Some(v) => Cached::Found(v.clone()),
-                None => Cached::Missing,
-            });
-        }
-        self.remove(key);
-        None
     }
 
     /// What the cache holds for `key` at `now`, without a copy: `Some(Some(row))` found,
@@ -228,34 +207,20 @@ mod tests {
         let b = batch(1);
         c.insert("a", Some(row(&b, 0, 8)), t0);
         c.insert("b", None, t0);
-        assert_eq!(c.get("a", t0), Some(Cached::Found(row(&b, 0, 8))));
-        assert_eq!(c.get("b", t0), Some(Cached::Missing));
-        assert_eq!(c.get("z", t0), None);
-        // negative entries expire first
-        let t1 = t0 + Duration::from_millis(150);
-        assert_eq!(c.get("b", t1), None);
-        assert!(c.get("a", t1).is_some());
-        let t2 = t0 + Duration::from_millis(1_001);
-        assert_eq!(c.get("a", t2), None);
-        assert_eq!(c.bytes(), 0);
-        assert!(c.is_empty());
-    }
-
-    #[test]
-    fn peek_reads_like_get_and_leaves_expired_entries_for_the_refetch() {
-        let mut c = LookupCache::new(&cfg(1 << 20, 100));
-        let t0 = Instant::now();
-        let (b, b2) = (batch(1), batch(1));
-        c.insert("a", Some(row(&b, 0, 8)), t0);
-        c.insert("b", None, t0);
         assert_eq!(c.peek("a", t0), Some(Some(&row(&b, 0, 8))));
         assert_eq!(c.peek("b", t0), Some(None));
         assert_eq!(c.peek("z", t0), None);
+        // negative entries expire first
+        let t1 = t0 + Duration::from_millis(150);
+        assert_eq!(c.peek("b", t1), None);
+        assert!(c.peek("a", t1).is_some());
         let t2 = t0 + Duration::from_millis(1_001);
         assert_eq!(c.peek("a", t2), None);
+        // Expired entries stay until refetched: the new value replaces the old one, and
+        // its bytes.
         assert_eq!(c.len(), 2);
         let bytes = c.bytes();
-        // The refetched value replaces the expired one, and its bytes.
+        let b2 = batch(1);
         c.insert("a", Some(row(&b2, 0, 8)), t2);
         assert_eq!(c.peek("a", t2), Some(Some(&row(&b2, 0, 8))));
         assert_eq!(c.bytes(), bytes);
@@ -270,8 +235,8 @@ mod tests {
             c.insert(k, Some(row(&b, i as u32, 8)), t);
         }
         assert_eq!(c.len(), 3);
-        assert_eq!(c.get("a", t), None, "oldest evicted");
-        assert!(c.get("d", t).is_some());
+        assert_eq!(c.peek("a", t), None, "oldest evicted");
+        assert!(c.peek("d", t).is_some());
 
         let per = ENTRY_OVERHEAD + 1 + 10;
         let mut c = LookupCache::new(&cfg(per * 2, 100));
@@ -282,7 +247,7 @@ mod tests {
         assert!(c.bytes() <= per * 2);
         // a value larger than the whole cache is not cached
         c.insert("big", Some(row(&b, 3, per * 3)), t);
-        assert_eq!(c.get("big", t), None);
+        assert_eq!(c.peek("big", t), None);
     }
 
     #[test]
@@ -295,7 +260,7 @@ mod tests {
         }
         assert_eq!(c.len(), 1);
         assert!(c.order.len() < 2_100);
-        assert_eq!(c.get("k", t), Some(Cached::Found(row(&b, 4_999, 8))));
+        assert_eq!(c.peek("k", t), Some(Some(&row(&b, 4_999, 8))));
     }
 
     #[test]
@@ -307,7 +272,9 @@ mod tests {
         c.insert("b", Some(row(&b, 1, 8)), t);
         assert_eq!(Arc::strong_count(&b), 3, "both rows share the batch");
         let later = t + Duration::from_millis(1_001);
-        assert_eq!(c.get("a", later), None);
+        assert_eq!(c.peek("a", later), None);
+        // Refetched into another batch, the expired row lets go of its own.
+        c.insert("a", Some(row(&batch(1), 0, 8)), later);
         assert_eq!(Arc::strong_count(&b), 2);
         c.clear();
         assert_eq!(Arc::strong_count(&b), 1, "freed with its last row");

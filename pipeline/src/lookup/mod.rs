@@ -34,7 +34,7 @@
 pub mod cache;
 pub mod config;
 
-pub use cache::{Cached, CachedRow, LookupCache};
+pub use cache::{CachedRow, LookupCache};
 pub use config::{CacheConfig, LookupConfig};
 
 use crate::redis_client::{RedisConn, RedisError, Request, RetryCounters};
@@ -496,7 +496,6 @@ impl RedisLookup {
             // absent and malformed values are cached as misses
             cache.insert(distinct[i], row, now);
         }
-        drop(cache);
         Ok((batch, decoded_row))
     }
 
