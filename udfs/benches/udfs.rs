@@ -205,6 +205,44 @@ fn benches(c: &mut Criterion) {
         )
     });
 
+    // A fleet at home: 100,000 phones in a city-sized square, each fix scattered 20-65 m
+    // (the load driver's indoor fixes) around its home, at resolution 7 (the lease
+    // areas'). Each iteration draws fresh fixes: the memo answers from squares other
+    // fixes of the same homes checked, and evicts when homes outnumber its slots.
+    let homes: Vec<(f64, f64, f64)> = (0..100_000)
+        .map(|_| {
+            let (lat, lon) = (rng.uniform(-1.8, -0.8), rng.uniform(36.3, 37.3));
+            (lat, lon, rng.uniform(20.0, 65.0) / 111_195.0)
+        })
+        .collect();
+    let mut fix_rng = Rng(7);
+    group.bench_function("h3_cell_homes", |b| {
+        b.iter_batched(
+            || {
+                let (lat, lon): (Vec<f64>, Vec<f64>) = (0..ROWS)
+                    .map(|_| {
+                        let h = homes[fix_rng.below(homes.len() as u64) as usize];
+                        // A triangular scatter: near enough a normal for squares.
+                        let d = |r: &mut Rng| h.2 * (r.uniform(-1.0, 1.0) + r.uniform(-1.0, 1.0));
+                        (h.0 + d(&mut fix_rng), h.1 + d(&mut fix_rng))
+                    })
+                    .unzip();
+                let lat: ArrayRef = Arc::new(Float64Array::from(lat));
+                let lon: ArrayRef = Arc::new(Float64Array::from(lon));
+                vec![lat, lon]
+            },
+            |args| {
+                black_box(run_scalar(
+                    h3_cell,
+                    &args,
+                    DataType::Int64,
+                    Some(ScalarValue::Int64(Some(7))),
+                ))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
     // h3o's own cost for the same work, one call per point: the baseline for h3_cell.
     let res = h3o::Resolution::Nine;
     group.bench_function("h3o_raw_latlng_to_cell", |b| {

@@ -17,7 +17,7 @@
 //! with distortion vertices (class III cells that cross a face edge) are never memoised.
 //! `tests` checks the memo against H3 on random, clustered and face-edge positions.
 //!
-//! The memo is a direct-mapped table of 2^19 squares (8 MiB, zeroed pages until used):
+//! The memo is a direct-mapped table of 2^21 squares (32 MiB, zeroed pages until used):
 //! a square lands in the slot its key hashes to, replacing whatever was there, so a
 //! lookup is one memory access and the memo never grows. A square is checked on its
 //! second visit, so a position seen once (a phone on the move) costs that access on top
@@ -38,7 +38,11 @@ pub const MAX_RES: u8 = 11;
 /// Squares only between these latitudes: a degree of longitude shrinks towards the poles.
 const MAX_LAT: f64 = 85.0;
 /// log2 of the memo's slots (16 bytes each).
-const SLOTS_BITS: u32 = 19;
+///
+/// A fleet of 100,000 phones at home visits several squares each at resolution 7, more
+/// than 2^19 slots hold: evicted squares are checked again on their next visits. 2^21
+/// slots were 4% faster on the `udfs` bench `h3_cell_homes` (3.04 to 3.17 M/s).
+const SLOTS_BITS: u32 = 21;
 
 /// A slot's value: a cell (H3 indexes are non-negative as `i64`), or seen once and not
 /// checked yet,
