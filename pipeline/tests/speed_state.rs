@@ -159,8 +159,10 @@ async fn settled_speed_state_gives_the_same_rows_in_a_fraction_of_the_memory() {
         "no movement measured"
     );
     assert_eq!(settled.rows, whole.rows);
+    // Fixes settle when their part is compacted: the peak holds up to a fan-in of
+    // level-0 parts (32 batches) whole in both runs, so it saves less than the mean.
     assert!(
-        settled.peak * 4 < whole.peak * 3 && settled.mean * 3 < whole.mean * 2,
+        settled.peak * 5 < whole.peak * 4 && settled.mean * 3 < whole.mean * 2,
         "window state: peak {} bytes settled, {} whole; mean {} and {}",
         settled.peak,
         whole.peak,
@@ -179,8 +181,10 @@ async fn background_compactions_give_the_same_rows() {
     assert_eq!(inline.background, 0);
     assert!(background.background > 5, "{}", background.background);
     assert_eq!(background.rows, inline.rows);
+    // Level 0 waits for the thread too (one compaction at a time); the engine compacts it
+    // itself past four times its fan-in, so state stays within a few times inline's.
     assert!(
-        background.peak < inline.peak * 2,
+        background.peak < inline.peak * 4,
         "window state: peak {} bytes in the background, {} inline",
         background.peak,
         inline.peak

@@ -124,11 +124,13 @@ pub struct EngineOptions {
     /// Redis URL for every `connector = 'redis'` table, replacing their `address` option
     /// (one pipeline, many environments).
     pub redis_url: Option<String>,
-    /// Run the compactions of window state above level 0 on a thread of their own
-    /// (`leasewatch run`): the engine goes on with the next batches meanwhile, the parts
-    /// being compacted still in place. Off, they run between batches on the engine's
-    /// thread, at most [`UPPER_COMPACTIONS_PER_BATCH`] per batch (replay and tests: the
-    /// same input then always gives the same parts).
+    /// Run the compactions of window state on a thread of their own (`leasewatch run`):
+    /// the engine goes on with the next batches meanwhile, the parts being compacted
+    /// still in place. The engine's thread compacts level 0 only when that thread falls
+    /// far behind ([`BACKSTOP_FANIN`]). Off, compactions run between batches on the
+    /// engine's thread, every one due at level 0 and at most
+    /// [`UPPER_COMPACTIONS_PER_BATCH`] above it per batch (replay and tests: the same
+    /// input then always gives the same parts).
     pub background_compaction: bool,
 }
 
@@ -235,7 +237,8 @@ pub struct Engine {
     fingerprint: u64,
     /// The last [`Engine::process`] failed before anything changed.
     failed_without_effect: bool,
-    /// Which windowed query is offered the batch's upper compaction first.
+    /// Which windowed query is offered the batch's compaction budget first (upper levels;
+    /// with the compaction thread, any level).
     compaction_turn: usize,
     /// The compaction thread, with [`EngineOptions::background_compaction`].
     compactor: Option<Compactor>,
@@ -260,7 +263,7 @@ struct Done {
 /// How much lower than the engine thread the compaction thread runs (nice), as ingest.
 const COMPACTION_NICE: i32 = 5;
 
-/// The thread that runs compactions above level 0, one at a time.
+/// The thread that runs compactions, one at a time.
 struct Compactor {
     jobs: std::sync::mpsc::Sender<Job>,
     done: std::sync::mpsc::Receiver<Done>,
@@ -326,9 +329,21 @@ impl std::fmt::Debug for Engine {
 /// Compaction fan-in: this many partial-state batches of one level in a slide bucket are
 /// reduced to one (DataFusion `PartialReduce`), bounding state and final-merge work
 /// (`HopState::take_compaction`).
+///
+/// Level 0 merges 32 batches: a part of level 1 then holds most of the devices of its
+/// bucket at the drive's rates, and each level above it re-merges fewer rows per ping
+/// (16 took 30% more CPU on the compaction thread at 300,000 pings/s).
 const COMPACT_FANIN: window::Fanin = window::Fanin {
-    first: 16,
+    first: 32,
     upper: 4,
+};
+
+/// With the compaction thread, the engine's thread compacts level 0 itself only when a
+/// bucket holds this many parts of it: the thread runs one compaction at a time, at a
+/// lower priority, and may fall behind under load; state stays bounded meanwhile.
+const BACKSTOP_FANIN: window::Fanin = window::Fanin {
+    first: 4 * COMPACT_FANIN.first,
+    upper: COMPACT_FANIN.upper,
 };
 
 /// Compactions of level 1 and up, per batch processed, across every windowed query.
@@ -339,7 +354,7 @@ const COMPACT_FANIN: window::Fanin = window::Fanin {
 const UPPER_COMPACTIONS_PER_BATCH: usize = 1;
 
 /// The highest level of the parts a compaction merges (into one part of the next level).
-/// A part of level 5 holds 16·4⁴ = 4,096 batches and, at any volume where compaction
+/// A part of level 5 holds 32·4⁴ = 8,192 batches and, at any volume where compaction
 /// matters, nearly every device of its bucket: merging such parts barely reduces rows,
 /// and for list-valued partial state (`max_speed_kmh`'s fixes, before compactions
 /// settled them) not at all, while one merge of four of them took 7.5 s and 2 GB at
@@ -707,8 +722,8 @@ impl Engine {
                 None => UPPER_COMPACTIONS_PER_BATCH,
             };
             let settle = (&self.settle, self.clock.watermark());
-            // The windowed queries, from a different one each batch: the first with an
-            // upper compaction due gets the budget, so none waits behind the others.
+            // The windowed queries, from a different one each batch: the first with a
+            // compaction due gets the budget, so none waits behind the others.
             let first = self.compaction_turn % windowed;
             self.compaction_turn = self.compaction_turn.wrapping_add(1);
             for k in 0..windowed {
@@ -1183,8 +1198,10 @@ fn one_batch(
 /// Runs the pre-window plan on the on-time batch in the source slot and files the
 /// result as window state, then compacts its slide buckets: every compaction due at
 /// level 0, and at most `upper` of higher levels (counted down). With `background` (the
-/// compaction thread and this query's index), that one goes to the thread instead, its
-/// parts left in place until [`Engine::collect_compaction`] files the result.
+/// compaction thread and this query's index), at most `upper` compactions of any level
+/// go to the thread instead, their parts left in place until
+/// [`Engine::collect_compaction`] files the result; level 0 is compacted here only past
+/// [`BACKSTOP_FANIN`].
 ///
 /// `settle` is the engine's [`SettledSpans`] and the watermark after this batch. No row
 /// older than the watermark enters window state from now on, and the rows of each part
@@ -1248,12 +1265,12 @@ async fn accumulate(
                 WindowSpec::Session { .. } => i64::MIN,
             };
             loop {
-                let max_level = if *upper > 0 && background.is_none() {
-                    MAX_COMPACTION_LEVEL
-                } else {
-                    0
+                let (fanin, max_level) = match (&background, *upper > 0) {
+                    (None, true) => (COMPACT_FANIN, MAX_COMPACTION_LEVEL),
+                    (None, false) => (COMPACT_FANIN, 0),
+                    (Some(_), _) => (BACKSTOP_FANIN, 0),
                 };
-                let Some(c) = h.take_compaction(COMPACT_FANIN, max_level, closed_at, false) else {
+                let Some(c) = h.take_compaction(fanin, max_level, closed_at, false) else {
                     break;
                 };
                 if c.level > 0 {
@@ -1290,7 +1307,6 @@ async fn accumulate(
                 && let Some(c) =
                     h.take_compaction(COMPACT_FANIN, MAX_COMPACTION_LEVEL, closed_at, true)
             {
-                // Level 0 is done above: what is due now is above it.
                 *upper -= 1;
                 let slot = slot::Slot::default();
                 slot.set(c.batches());
