@@ -18,7 +18,8 @@
 # (default sql/ of this checkout); WAL_FSYNC (true; false only for experiments);
 # JSON=1 prints the report as JSON; DRIVE_ARGS (more arguments for `drive`); STOP_WAIT
 # (30: seconds the pipeline gets to stop cleanly before it is killed); INGEST_TOML (more
-# [ingest] keys, e.g. `max_lag_batches = 20` to see 429 + Retry-After sooner);
+# [ingest] keys, e.g. `max_lag_batches = 20` to see 429 + Retry-After sooner); WAL_TOML
+# (more [wal] keys, e.g. `group_commit_max_delay_us = 1000`);
 # WAL_MAX_RETAINED_GIB (wal.max_retained_bytes in GiB, 16: see below).
 #
 # The WAL keeps what the older of the two last checkpoints needs, up to two checkpoint
@@ -101,6 +102,7 @@ ${INGEST_TOML:-}
 dir = "$WORK/wal"
 fsync = $WAL_FSYNC
 max_retained_bytes = $((WAL_MAX_RETAINED_GIB * 1024 * 1024 * 1024))
+${WAL_TOML:-}
 TOML
 
 step "start leasewatch run (log: $WORK/leasewatch.log)"

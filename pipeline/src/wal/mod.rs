@@ -569,9 +569,17 @@ impl Committer {
     fn run(mut self, rx: mpsc::Receiver<Request>) {
         let max_batch = self.shared.config.group_commit_max_batch.max(1);
         let max_delay = Duration::from_micros(self.shared.config.group_commit_max_delay_us);
+        // Waiting for company pays only when appends overlap: after a group of one (a
+        // lone writer, a quiet stream) the next commits at once.
+        let mut shared_last = false;
         while let Ok(first) = rx.recv() {
             let mut group = vec![first];
-            let deadline = Instant::now() + max_delay;
+            let wait = if shared_last {
+                max_delay
+            } else {
+                Duration::ZERO
+            };
+            let deadline = Instant::now() + wait;
             while group.len() < max_batch {
                 match rx.try_recv() {
                     Ok(r) => group.push(r),
@@ -588,6 +596,7 @@ impl Committer {
                     }
                 }
             }
+            shared_last = group.len() > 1;
             self.commit(group);
         }
     }
