@@ -246,6 +246,7 @@ impl Engine {
                                     floor,
                                     ceil,
                                     busy: false,
+                                    settled_below: i64::MIN,
                                 }
                             })
                             .collect();

@@ -792,6 +792,7 @@ impl Engine {
                     query = %q.pos,
                     bucket = comp.bucket,
                     level = comp.level,
+                    resettle = comp.resettle,
                     rows = comp.rows(),
                     ms,
                     background = true,
@@ -1201,7 +1202,9 @@ fn one_batch(
 /// compaction thread and this query's index), at most `upper` compactions of any level
 /// go to the thread instead, their parts left in place until
 /// [`Engine::collect_compaction`] files the result; level 0 is compacted here only past
-/// [`BACKSTOP_FANIN`].
+/// [`BACKSTOP_FANIN`]. In queries that settle, a part whose rows have all fallen behind
+/// the watermark since its compaction is compacted again when nothing else is due
+/// ([`window::HopState::take_resettle`]).
 ///
 /// `settle` is the engine's [`SettledSpans`] and the watermark after this batch. No row
 /// older than the watermark enters window state from now on, and the rows of each part
@@ -1270,7 +1273,15 @@ async fn accumulate(
                     (None, false) => (COMPACT_FANIN, 0),
                     (Some(_), _) => (BACKSTOP_FANIN, 0),
                 };
-                let Some(c) = h.take_compaction(fanin, max_level, closed_at, false) else {
+                let resettle = w.settles && background.is_none() && *upper > 0;
+                let Some(mut c) = h
+                    .take_compaction(fanin, max_level, closed_at, false)
+                    .or_else(|| {
+                        resettle
+                            .then(|| h.take_resettle(watermark, false))
+                            .flatten()
+                    })
+                else {
                     break;
                 };
                 if c.level > 0 {
@@ -1279,6 +1290,7 @@ async fn accumulate(
                 let started = std::time::Instant::now();
                 w.final_slot.set(c.batches());
                 if w.settles {
+                    c.watermark = watermark;
                     settled.set_outside(c.occupied(watermark));
                 }
                 let reduced = run(&w.reduce, whole, pos).await;
@@ -1288,6 +1300,7 @@ async fn accumulate(
                     query = %pos,
                     bucket = c.bucket,
                     level = c.level,
+                    resettle = c.resettle,
                     rows = c.rows(),
                     ms = started.elapsed().as_millis(),
                     "compaction"
@@ -1304,10 +1317,18 @@ async fn accumulate(
             }
             if *upper > 0
                 && let Some((compactor, index)) = background.as_mut()
-                && let Some(c) =
-                    h.take_compaction(COMPACT_FANIN, MAX_COMPACTION_LEVEL, closed_at, true)
+                && let Some(mut c) = h
+                    .take_compaction(COMPACT_FANIN, MAX_COMPACTION_LEVEL, closed_at, true)
+                    .or_else(|| {
+                        w.settles
+                            .then(|| h.take_resettle(watermark, true))
+                            .flatten()
+                    })
             {
                 *upper -= 1;
+                if w.settles {
+                    c.watermark = watermark;
+                }
                 let slot = slot::Slot::default();
                 slot.set(c.batches());
                 let plan = slot::SlotExec::new(Arc::clone(&w.partial_schema), None, slot).and_then(

@@ -242,6 +242,9 @@ pub struct Part {
     /// Being compacted elsewhere (a [`Compaction`] taken with `in_place`): still part of
     /// the bucket, read by windows and checkpoints, until the result replaces it.
     pub busy: bool,
+    /// The watermark when it was compacted (`i64::MIN`: straight from a batch, or
+    /// restored): its rows from there on were kept whole (see [`HopState::take_resettle`]).
+    pub settled_below: i64,
 }
 
 /// Parts of one bucket and level taken out for a compaction ([`HopState::take_compaction`]).
@@ -258,6 +261,11 @@ pub struct Compaction {
     pub others: Vec<(i64, i64)>,
     /// The parts stayed in the bucket, marked busy (see [`HopState::take_compaction`]).
     pub in_place: bool,
+    /// One part compacted again at its own level ([`HopState::take_resettle`]).
+    pub resettle: bool,
+    /// The watermark the compaction settles under (set by its runner; `i64::MIN`:
+    /// none), kept by the result as [`Part::settled_below`].
+    pub watermark: i64,
 }
 
 impl Compaction {
@@ -372,6 +380,7 @@ impl HopState {
             floor,
             ceil,
             busy: false,
+            settled_below: i64::MIN,
         });
     }
 
@@ -415,6 +424,8 @@ impl HopState {
                     parts: take_parts(parts, in_place, |_| true),
                     others: Vec::new(),
                     in_place,
+                    resettle: false,
+                    watermark: i64::MIN,
                 });
             }
             let top = parts
@@ -446,6 +457,53 @@ impl HopState {
                     .collect(),
                 parts: taken,
                 in_place,
+                resettle: false,
+                watermark: i64::MIN,
+            });
+        }
+        None
+    }
+
+    /// A part of level 1 or up (not closed) whose rows have all fallen behind
+    /// `watermark` since it was compacted, when some were at or after the watermark
+    /// then, taken out to be compacted again on its own at its level.
+    ///
+    /// A compaction keeps the rows at or after the watermark whole (`max_speed_kmh`'s
+    /// fixes: later rows may still fall between them). The upper levels are compacted
+    /// minutes apart and parts of the top level not at all until their bucket closes,
+    /// so at a steady rate nearly every fix stayed whole in them: window state grew with
+    /// every ping (10 MB/s at 300,000 pings/s). Compacted again once behind the
+    /// watermark, each part settles what it kept, once.
+    pub fn take_resettle(&mut self, watermark: i64, in_place: bool) -> Option<Compaction> {
+        for (&k, parts) in &mut self.buckets {
+            let due = |p: &Part| {
+                !p.busy
+                    && p.level > 0
+                    && p.level != CLOSED_LEVEL
+                    && p.settled_below < p.ceil
+                    && p.ceil < watermark
+            };
+            let Some(i) = parts.iter().position(due) else {
+                continue;
+            };
+            let level = parts.get(i).map_or(0, |p| p.level);
+            let mut j = 0;
+            let taken = take_parts(parts, in_place, |_| {
+                j += 1;
+                j == i + 1
+            });
+            return Some(Compaction {
+                bucket: k,
+                level,
+                others: parts
+                    .iter()
+                    .filter(|p| !(in_place && p.busy))
+                    .map(|p| (p.floor, p.ceil))
+                    .collect(),
+                parts: taken,
+                in_place,
+                resettle: true,
+                watermark: i64::MIN,
             });
         }
         None
@@ -462,7 +520,8 @@ impl HopState {
         }
     }
 
-    /// Files `batch`, the result of compaction `c`, one level up (closed: at the same).
+    /// Files `batch`, the result of compaction `c`, one level up (closed or resettled: at
+    /// the same).
     /// An in-place compaction's result replaces its busy parts; when they are gone (a
     /// window emission dropped the bucket, a checkpoint was restored) it is dropped.
     pub fn compacted(&mut self, c: &Compaction, batch: RecordBatch) {
@@ -470,14 +529,15 @@ impl HopState {
         let ceil = c.parts.iter().map(|p| p.ceil).max().unwrap_or(i64::MAX);
         let part = Part {
             batch,
-            level: if c.level == CLOSED_LEVEL {
-                CLOSED_LEVEL
+            level: if c.level == CLOSED_LEVEL || c.resettle {
+                c.level
             } else {
                 c.level.saturating_add(1)
             },
             floor,
             ceil,
             busy: false,
+            settled_below: c.watermark,
         };
         if c.in_place {
             if let Some(parts) = self.buckets.get_mut(&c.bucket)
@@ -782,6 +842,43 @@ mod tests {
         );
         // Once: the one closed part is not compacted again; the open bucket waits.
         assert!(h.take_compaction(fanin, u8::MAX, 0, false).is_none());
+    }
+
+    /// A compacted part is compacted again, alone and at its level, once every row it
+    /// kept whole has fallen behind the watermark; then never again.
+    #[test]
+    fn a_part_is_resettled_once_its_rows_are_behind_the_watermark() {
+        let mut h = HopState::default();
+        let fanin = Fanin { first: 2, upper: 2 };
+        h.insert(&partial(&[0]), 0, (10, 20)).unwrap();
+        h.insert(&partial(&[0]), 0, (15, 40)).unwrap();
+        // Level 0 is never resettled: it is compacted as it is.
+        assert!(h.take_resettle(1_000, false).is_none());
+        let mut c = h.take_compaction(fanin, u8::MAX, i64::MIN, false).unwrap();
+        c.watermark = 30;
+        h.compacted(&c, partial(&[0]));
+        h.insert(&partial(&[0]), 0, (50, 60)).unwrap();
+        let part = &h.buckets[&0][0];
+        assert_eq!((part.level, part.settled_below), (1, 30));
+        // Rows up to 40 were at or after the watermark (30): due once it passes 40.
+        assert!(h.take_resettle(40, false).is_none());
+        let mut c = h.take_resettle(41, true).unwrap();
+        assert!(c.resettle && c.in_place);
+        assert_eq!(
+            (c.level, c.parts.len(), c.others.clone()),
+            (1, 1, vec![(50, 60)])
+        );
+        // Busy, it is not taken twice.
+        assert!(h.take_resettle(41, true).is_none());
+        c.watermark = 41;
+        h.compacted(&c, partial(&[0]));
+        let parts: Vec<(u8, i64, i64, i64)> = h.buckets[&0]
+            .iter()
+            .map(|p| (p.level, p.floor, p.ceil, p.settled_below))
+            .collect();
+        assert_eq!(parts, vec![(0, 50, 60, i64::MIN), (1, 10, 40, 41)]);
+        // Settled below 41 now, after its last row: never again.
+        assert!(h.take_resettle(i64::MAX, false).is_none());
     }
 
     /// Compactions run elsewhere: the parts stay, busy, until the result replaces them.
