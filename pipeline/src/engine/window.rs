@@ -269,6 +269,31 @@ pub struct Compaction {
 }
 
 impl Compaction {
+    /// A compaction of `taken` out of `bucket`, which holds `rest` (with `in_place`, the
+    /// busy parts among them, `taken` included, are left out of `others`).
+    fn of(
+        bucket: i64,
+        level: u8,
+        taken: Vec<Part>,
+        rest: &[Part],
+        in_place: bool,
+        resettle: bool,
+    ) -> Self {
+        Compaction {
+            bucket,
+            level,
+            others: rest
+                .iter()
+                .filter(|p| !(in_place && p.busy))
+                .map(|p| (p.floor, p.ceil))
+                .collect(),
+            parts: taken,
+            in_place,
+            resettle,
+            watermark: i64::MIN,
+        }
+    }
+
     /// The parts' batches.
     pub fn batches(&self) -> Vec<RecordBatch> {
         self.parts.iter().map(|p| p.batch.clone()).collect()
@@ -447,19 +472,7 @@ impl HopState {
                 left -= usize::from(take);
                 take
             });
-            return Some(Compaction {
-                bucket: k,
-                level,
-                others: parts
-                    .iter()
-                    .filter(|p| !(in_place && p.busy))
-                    .map(|p| (p.floor, p.ceil))
-                    .collect(),
-                parts: taken,
-                in_place,
-                resettle: false,
-                watermark: i64::MIN,
-            });
+            return Some(Compaction::of(k, level, taken, parts, in_place, false));
         }
         None
     }
@@ -492,19 +505,7 @@ impl HopState {
                 j += 1;
                 j == i + 1
             });
-            return Some(Compaction {
-                bucket: k,
-                level,
-                others: parts
-                    .iter()
-                    .filter(|p| !(in_place && p.busy))
-                    .map(|p| (p.floor, p.ceil))
-                    .collect(),
-                parts: taken,
-                in_place,
-                resettle: true,
-                watermark: i64::MIN,
-            });
+            return Some(Compaction::of(k, level, taken, parts, in_place, true));
         }
         None
     }
