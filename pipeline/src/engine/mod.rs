@@ -1587,6 +1587,32 @@ mod tests {
         assert!(bad.is_empty(), "{bad:#?}");
     }
 
+    /// Only the product's query with a `max_speed_kmh` settles: the others have nothing
+    /// to settle, and settling them re-merged each of their parts once more for nothing.
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_the_speed_query_settles() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql");
+        let engine = Engine::from_dir(&dir, &EngineOptions::default())
+            .await
+            .unwrap();
+        let mut windowed = Vec::new();
+        for q in &engine.queries {
+            if let QueryKind::Windowed(w) = &q.kind {
+                windowed.push((
+                    q.name.split(':').next().unwrap_or("").to_string(),
+                    w.settles,
+                ));
+            }
+        }
+        assert!(windowed.len() > 3, "{windowed:?}");
+        let settling: Vec<&str> = windowed
+            .iter()
+            .filter(|(_, s)| *s)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(settling, ["impossible_travel_signals"], "{windowed:?}");
+    }
+
     fn names(plan: &Arc<dyn ExecutionPlan>, out: &mut Vec<String>) {
         out.push(plan.name().to_string());
         for c in plan.children() {

@@ -679,16 +679,21 @@ async fn compile(
     })
 }
 
-/// Whether every `max_speed_kmh` of `agg` takes column `ts_index`, the window's event
-/// time, as it is. Only then do the engine's guarantees on event time (no row older than
-/// the watermark enters window state) hold for the fixes' times, so that a compaction may
-/// settle them (`leasewatch_udfs::datafusion::SettledSpans`).
+/// Whether `agg` has a `max_speed_kmh` and every one takes column `ts_index`, the
+/// window's event time, as it is. Only then do the engine's guarantees on event time (no
+/// row older than the watermark enters window state) hold for the fixes' times, so that a
+/// compaction may settle them (`leasewatch_udfs::datafusion::SettledSpans`). Without
+/// one there is nothing to settle, and such a query's parts are never compacted again
+/// alone.
 fn settles(agg: &AggregateExec, ts_index: usize) -> bool {
     use datafusion::physical_expr::expressions::Column as ColumnExpr;
-    agg.aggr_expr()
+    let mut speeds = agg
+        .aggr_expr()
         .iter()
         .filter(|a| a.fun().name() == "max_speed_kmh")
-        .all(|a| {
+        .peekable();
+    speeds.peek().is_some()
+        && speeds.all(|a| {
             !a.is_distinct()
                 && a.expressions()
                     .first()
