@@ -788,17 +788,27 @@ impl Engine {
                 result: Ok(reduced),
                 ms,
             }) => {
+                let one = match one_batch(&w.partial_schema, reduced) {
+                    Ok(one) => one,
+                    Err(e) => {
+                        // The parts stay as they were, no longer marked.
+                        h.put_back(comp);
+                        return Err(e);
+                    }
+                };
                 tracing::debug!(
                     query = %q.pos,
                     bucket = comp.bucket,
                     level = comp.level,
                     resettle = comp.resettle,
                     rows = comp.rows(),
+                    bytes = comp.bytes(),
+                    rows_out = one.num_rows(),
+                    bytes_out = one.get_array_memory_size(),
                     ms,
                     background = true,
                     "compaction"
                 );
-                let one = one_batch(&w.partial_schema, reduced)?;
                 h.compacted(&comp, one);
                 if let Some(c) = self.compactor.as_mut() {
                     c.filed += 1;
@@ -1296,15 +1306,10 @@ async fn accumulate(
                 let reduced = run(&w.reduce, whole, pos).await;
                 settled.clear();
                 w.final_slot.clear();
-                tracing::debug!(
-                    query = %pos,
-                    bucket = c.bucket,
-                    level = c.level,
-                    resettle = c.resettle,
-                    rows = c.rows(),
-                    ms = started.elapsed().as_millis(),
-                    "compaction"
-                );
+                let reduced = match reduced {
+                    Ok(r) => one_batch(&w.partial_schema, r),
+                    Err(e) => Err(e),
+                };
                 let reduced = match reduced {
                     Ok(r) => r,
                     Err(e) => {
@@ -1313,7 +1318,19 @@ async fn accumulate(
                         return Err(e);
                     }
                 };
-                h.compacted(&c, one_batch(&w.partial_schema, reduced)?);
+                tracing::debug!(
+                    query = %pos,
+                    bucket = c.bucket,
+                    level = c.level,
+                    resettle = c.resettle,
+                    rows = c.rows(),
+                    bytes = c.bytes(),
+                    rows_out = reduced.num_rows(),
+                    bytes_out = reduced.get_array_memory_size(),
+                    ms = started.elapsed().as_millis(),
+                    "compaction"
+                );
+                h.compacted(&c, reduced);
             }
             if *upper > 0
                 && let Some((compactor, index)) = background.as_mut()

@@ -312,6 +312,14 @@ impl Compaction {
     pub fn rows(&self) -> usize {
         self.parts.iter().map(|p| p.batch.num_rows()).sum()
     }
+
+    /// Bytes taken (Arrow buffers).
+    pub fn bytes(&self) -> usize {
+        self.parts
+            .iter()
+            .map(|p| p.batch.get_array_memory_size())
+            .sum()
+    }
 }
 
 /// How many parts of one level a slide bucket compacts into one part of the next.
