@@ -298,14 +298,27 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
 /// about a third of the engine thread in the kernel's scheduler.
 const INGEST_NICE: i32 = 5;
 
-/// Sets the calling (ingest) thread's nice value to `nice`; on Linux a nice value is per
-/// thread. The value is absolute, not relative: a thread that the pool starts from an
-/// ingest thread has already inherited the lowered value. Failing (e.g. a sandbox that
-/// forbids it) only costs throughput.
-fn set_ingest_priority(nice: i32) {
+/// How much lower than the rest of the process the thread writing a periodic checkpoint
+/// runs (nice). Encoding the window state (gigabytes at 300,000 pings/s) takes seconds
+/// of a core; at full priority on a busy machine it took them from the engine thread,
+/// whose ping-to-queue latency rose by seconds at every checkpoint. A checkpoint that
+/// takes longer only keeps more WAL.
+const CHECKPOINT_NICE: i32 = 5;
+
+/// Sets the calling thread's nice value to `nice`; on Linux a nice value is per thread.
+/// The value is absolute, not relative: a thread that the pool starts from an ingest
+/// thread has already inherited the lowered value. Failing (e.g. a sandbox that forbids
+/// it) only costs throughput.
+fn set_thread_nice(nice: i32, thread: &str) {
     if let Err(e) = rustix::process::setpriority_process(None, nice) {
-        tracing::debug!(error = %e, "could not lower the ingest thread's priority");
+        tracing::debug!(error = %e, thread, "could not lower the thread's priority");
     }
+}
+
+/// The calling thread's nice value raised by `by` (the lowest priority at most).
+fn lowered_nice(by: i32) -> i32 {
+    let nice = rustix::process::getpriority_process(None).unwrap_or(0);
+    (nice + by).min(19)
 }
 
 /// The multi-threaded runtime the HTTP ingest server runs on, apart from the engine's.
@@ -319,15 +332,14 @@ struct IngestRuntime {
 impl IngestRuntime {
     fn new() -> Result<Self, RunError> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let nice = rustix::process::getpriority_process(None).unwrap_or(0);
-        let ingest_nice = (nice + INGEST_NICE).min(19);
+        let ingest_nice = lowered_nice(INGEST_NICE);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             // Large bodies are decoded on the blocking pool: one thread per core is as
             // fast, and 64 concurrent decodes would crowd out the engine thread.
             .max_blocking_threads(cores)
             .thread_name("ingest")
-            .on_thread_start(move || set_ingest_priority(ingest_nice))
+            .on_thread_start(move || set_thread_nice(ingest_nice, "ingest"))
             .enable_all()
             .build()
             .map_err(|e| RunError::io("starting the ingest runtime", e))?;
@@ -662,9 +674,13 @@ impl EngineSide {
         self.engine.commit()?;
         let snapshot = self.engine.snapshot()?;
         let (store, lsn) = (self.store.clone(), self.consumed);
+        let nice = lowered_nice(CHECKPOINT_NICE);
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
-            .spawn(move || save_snapshot(&store, lsn, &snapshot))
+            .spawn(move || {
+                set_thread_nice(nice, "checkpoint");
+                save_snapshot(&store, lsn, &snapshot)
+            })
             .map_err(|e| RunError::io("starting the checkpoint thread", e))?;
         self.writing = Some(Writing {
             lsn,
