@@ -442,11 +442,12 @@ struct EngineSide {
     writing: Option<Writing>,
 }
 
-/// A checkpoint a thread is writing.
+/// A checkpoint a thread is writing: saving it, then (once saved) deleting the WAL
+/// segments it makes unneeded, the outcome of which is the inner result.
 struct Writing {
     lsn: Lsn,
     started: Instant,
-    thread: std::thread::JoinHandle<Result<(), WalError>>,
+    thread: std::thread::JoinHandle<Result<Result<(), WalError>, WalError>>,
 }
 
 impl EngineSide {
@@ -664,8 +665,10 @@ impl EngineSide {
     }
 
     /// Starts a checkpoint at `consumed` in the background: flushes the sinks and takes
-    /// a snapshot of the engine's state, which a thread writes to the store. With one
-    /// still being written, waits for the next call.
+    /// a snapshot of the engine's state, which a thread writes to the store; the same
+    /// thread then deletes the WAL segments neither kept checkpoint needs (see
+    /// [`EngineSide::saved_checkpoint`]), which takes a few hundred milliseconds per
+    /// gigabyte here. With one still being written, waits for the next call.
     fn periodic_checkpoint(&mut self) -> Result<(), RunError> {
         if self.writing.is_some() {
             return Ok(());
@@ -673,13 +676,15 @@ impl EngineSide {
         let started = Instant::now();
         self.engine.commit()?;
         let snapshot = self.engine.snapshot()?;
-        let (store, lsn) = (self.store.clone(), self.consumed);
+        let (store, wal, lsn) = (self.store.clone(), self.wal.clone(), self.consumed);
+        let (_, older) = self.kept_after(lsn);
         let nice = lowered_nice(CHECKPOINT_NICE);
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
                 set_thread_nice(nice, "checkpoint");
-                save_snapshot(&store, lsn, &snapshot)
+                save_snapshot(&store, lsn, &snapshot)?;
+                Ok(wal.truncate_before(older + 1))
             })
             .map_err(|e| RunError::io("starting the checkpoint thread", e))?;
         self.writing = Some(Writing {
@@ -709,7 +714,10 @@ impl EngineSide {
             .join()
             .map_err(|_| RunError::Internal("the checkpoint thread panicked".into()))?;
         match result {
-            Ok(()) => self.saved_checkpoint(lsn, started),
+            Ok(truncated) => {
+                self.record_checkpoint(lsn, started);
+                Ok(truncated?)
+            }
             Err(e) if e.domain() == WalErrorDomain::External => {
                 eprintln!(
                     "checkpoint at lsn {lsn} failed, trying again in {:?}: {e}",
@@ -734,15 +742,26 @@ impl EngineSide {
     /// Records the durable checkpoint at `lsn`, then deletes the WAL segments that
     /// neither kept checkpoint needs.
     fn saved_checkpoint(&mut self, lsn: Lsn, started: Instant) -> Result<(), RunError> {
-        self.metrics.checkpoint_saved(started.elapsed());
-        if lsn != self.saved {
-            self.older = self.saved;
-            self.saved = lsn;
-        }
-        // The store keeps the newest two checkpoints and falls back to the older one
-        // when the newest fails its checks: keep the WAL entries it needs.
+        self.record_checkpoint(lsn, started);
         self.wal.truncate_before(self.older + 1)?;
         Ok(())
+    }
+
+    /// The newest two checkpoints once the one at `lsn` is saved: `(newest, older)`.
+    /// The store keeps those two and falls back to the older one when the newest fails
+    /// its checks: the WAL keeps the entries after the older.
+    fn kept_after(&self, lsn: Lsn) -> (Lsn, Lsn) {
+        if lsn == self.saved {
+            (self.saved, self.older)
+        } else {
+            (lsn, self.saved)
+        }
+    }
+
+    /// Records the durable checkpoint at `lsn`.
+    fn record_checkpoint(&mut self, lsn: Lsn, started: Instant) {
+        self.metrics.checkpoint_saved(started.elapsed());
+        (self.saved, self.older) = self.kept_after(lsn);
     }
 }
 

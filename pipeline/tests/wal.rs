@@ -361,6 +361,43 @@ async fn retention_deletes_whole_segments_and_bounds_the_disk() {
     assert_eq!(wal.head(), head + 1);
 }
 
+/// Segments are deleted outside the log's lock; one that cannot be deleted stays, with
+/// every segment after it, and a later truncation deletes it.
+#[tokio::test]
+async fn a_segment_that_cannot_be_deleted_stays_with_those_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = WalConfig {
+        segment_bytes: 8 * 1024,
+        ..config(tmp.path())
+    };
+    let wal = Wal::open(&cfg).unwrap();
+    for k in 1..=60u64 {
+        wal.append(batch(k * 100, 20)).await.unwrap();
+    }
+    let files = segments(tmp.path());
+    assert!(files.len() > 4, "{}", files.len());
+    let all = wal.retained_bytes();
+    let first = fs::metadata(&files[0]).unwrap().len();
+    // The second segment's file becomes a directory: deleting it fails.
+    let stuck = files[1].clone();
+    let bytes = fs::read(&stuck).unwrap();
+    fs::remove_file(&stuck).unwrap();
+    fs::create_dir(&stuck).unwrap();
+    let err = wal.truncate_before(wal.head()).unwrap_err();
+    assert!(err.to_string().contains("delete"), "{err}");
+    assert!(!files[0].exists());
+    assert!(files[2..].iter().all(|f| f.exists()));
+    assert_eq!(wal.retained_bytes(), all - first);
+    // Appends go on meanwhile, into the newest segment.
+    let head = wal.append(batch(1, 1)).await.unwrap();
+    // Once it can be deleted, it is, with the segments after it.
+    fs::remove_dir(&stuck).unwrap();
+    fs::write(&stuck, bytes).unwrap();
+    wal.truncate_before(head).unwrap();
+    assert_eq!(segments(tmp.path()).len(), 1);
+    assert_eq!(read_all(&wal, head - 1).len(), 1);
+}
+
 #[tokio::test]
 async fn backlog_counts_batches_and_rows() {
     let tmp = tempfile::tempdir().unwrap();
