@@ -1435,9 +1435,18 @@ async fn emit_due(
             ));
         }
     };
+    let started = std::time::Instant::now();
+    let rows_in: usize = final_in.iter().map(RecordBatch::num_rows).sum();
     w.final_slot.set(final_in);
     let finals = run(&w.final_agg, task, pos).await;
     w.final_slot.clear();
+    tracing::debug!(
+        query = %pos,
+        windows,
+        rows = rows_in,
+        ms = started.elapsed().as_millis(),
+        "windows emitted"
+    );
     let mut renamed = Vec::new();
     for b in finals? {
         if b.num_rows() > 0 {
