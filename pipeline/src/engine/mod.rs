@@ -796,19 +796,7 @@ impl Engine {
                         return Err(e);
                     }
                 };
-                tracing::debug!(
-                    query = %q.pos,
-                    bucket = comp.bucket,
-                    level = comp.level,
-                    resettle = comp.resettle,
-                    rows = comp.rows(),
-                    bytes = comp.bytes(),
-                    rows_out = one.num_rows(),
-                    bytes_out = one.get_array_memory_size(),
-                    ms,
-                    background = true,
-                    "compaction"
-                );
+                log_compaction(&q.pos, &comp, &one, ms, true);
                 h.compacted(&comp, one);
                 if let Some(c) = self.compactor.as_mut() {
                     c.filed += 1;
@@ -1206,6 +1194,30 @@ fn one_batch(
     }
 }
 
+/// Logs compaction `c` of query `pos`, which gave `out` in `ms` (on the compaction
+/// thread: `background`), at debug: the bytes in and out show what it settled.
+fn log_compaction(
+    pos: &Pos,
+    c: &window::Compaction,
+    out: &RecordBatch,
+    ms: u128,
+    background: bool,
+) {
+    tracing::debug!(
+        query = %pos,
+        bucket = c.bucket,
+        level = c.level,
+        resettle = c.resettle,
+        rows = c.rows(),
+        bytes = c.bytes(),
+        rows_out = out.num_rows(),
+        bytes_out = out.get_array_memory_size(),
+        ms,
+        background,
+        "compaction"
+    );
+}
+
 /// Runs the pre-window plan on the on-time batch in the source slot and files the
 /// result as window state, then compacts its slide buckets: every compaction due at
 /// level 0, and at most `upper` of higher levels (counted down). With `background` (the
@@ -1306,11 +1318,7 @@ async fn accumulate(
                 let reduced = run(&w.reduce, whole, pos).await;
                 settled.clear();
                 w.final_slot.clear();
-                let reduced = match reduced {
-                    Ok(r) => one_batch(&w.partial_schema, r),
-                    Err(e) => Err(e),
-                };
-                let reduced = match reduced {
+                let reduced = match reduced.and_then(|r| one_batch(&w.partial_schema, r)) {
                     Ok(r) => r,
                     Err(e) => {
                         // The parts stay as they were: state is never dropped.
@@ -1318,18 +1326,7 @@ async fn accumulate(
                         return Err(e);
                     }
                 };
-                tracing::debug!(
-                    query = %pos,
-                    bucket = c.bucket,
-                    level = c.level,
-                    resettle = c.resettle,
-                    rows = c.rows(),
-                    bytes = c.bytes(),
-                    rows_out = reduced.num_rows(),
-                    bytes_out = reduced.get_array_memory_size(),
-                    ms = started.elapsed().as_millis(),
-                    "compaction"
-                );
+                log_compaction(pos, &c, &reduced, started.elapsed().as_millis(), false);
                 h.compacted(&c, reduced);
             }
             if *upper > 0
@@ -1624,10 +1621,7 @@ mod tests {
         let mut windowed = Vec::new();
         for q in &engine.queries {
             if let QueryKind::Windowed(w) = &q.kind {
-                windowed.push((
-                    q.name.split(':').next().unwrap_or("").to_string(),
-                    w.settles,
-                ));
+                windowed.push((q.name.clone(), w.settles));
             }
         }
         assert!(windowed.len() > 3, "{windowed:?}");

@@ -451,15 +451,8 @@ impl HopState {
                 if busy {
                     continue;
                 }
-                return Some(Compaction {
-                    bucket: k,
-                    level: CLOSED_LEVEL,
-                    parts: take_parts(parts, in_place, |_| true),
-                    others: Vec::new(),
-                    in_place,
-                    resettle: false,
-                    watermark: i64::MIN,
-                });
+                let taken = take_parts(parts, in_place, |_| true);
+                return Some(Compaction::of(k, CLOSED_LEVEL, taken, &[], in_place, false));
             }
             let top = parts
                 .iter()
