@@ -1,7 +1,7 @@
 //! The `leasewatch` command line: `replay`, `check`, `state load`, `run`, `report`.
 
 use crate::config::Config;
-use crate::engine::{Blame, Engine, EngineError, EngineOptions};
+use crate::engine::{Blame, Engine, EngineError, EngineOptions, Lane};
 use crate::replay::{self, ReplayError, ReplayOptions};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -69,8 +69,10 @@ pub enum Command {
         action: StateCommand,
     },
     /// Serve HTTP ingest into the WAL and run the pipeline from it until SIGTERM/SIGINT:
-    /// restores the newest checkpoint (`<wal.dir>/checkpoints`), replays the WAL after
-    /// it, checkpoints every `engine.checkpoint_interval_secs` and once more on stop.
+    /// the per-ping rules and the windows follow the WAL on threads of their own
+    /// (`engine.split_lanes`); each restores its newest checkpoint (`<wal.dir>/checkpoints`,
+    /// `<wal.dir>/checkpoints-windowed`), replays the WAL after it, checkpoints every
+    /// `engine.checkpoint_interval_secs` and once more on stop.
     /// Prints `listening on http://ADDR` to stderr (`ingest.listen` may use port 0).
     /// Sinks get every acknowledged ping exactly once, across clean stops and crashes.
     Run {
@@ -200,6 +202,7 @@ fn engine_options(c: &Config) -> EngineOptions {
         geofences: c.engine.geofences.clone(),
         redis_url: c.engine.redis_url.clone(),
         background_compaction: false,
+        lane: Lane::All,
     }
 }
 

@@ -48,6 +48,10 @@ pub struct EngineConfig {
     /// together, up to this many pings at once (an entry is never split): every query
     /// runs once per such batch, not once per request.
     pub max_batch_rows: usize,
+    /// `leasewatch run`: the windowed queries follow the WAL on a thread of their own,
+    /// apart from the per-ping rules (`crate::engine::Lane`), so that a window's merge
+    /// or emission never holds up a per-ping alert. Off: one engine runs every query.
+    pub split_lanes: bool,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +64,7 @@ impl Default for EngineConfig {
             redis_url: None,
             sweep_interval_secs: 3600,
             max_batch_rows: 8192,
+            split_lanes: true,
         }
     }
 }

@@ -823,14 +823,50 @@ impl AlertTally {
     }
 }
 
-/// The engine's counters as last recorded.
+/// An engine's counters as last recorded.
 #[derive(Debug, Default)]
 struct EngineSample {
-    recorded: bool,
     stats: EngineStats,
     watermark_ms: Option<i64>,
     state_rows: u64,
     state_bytes: u64,
+}
+
+impl EngineSample {
+    /// The lanes' samples as one engine's: counters and state summed (a lane counts
+    /// only what it ran), the watermark of the lane furthest behind.
+    fn merged<'a>(lanes: impl IntoIterator<Item = &'a EngineSample>) -> Option<EngineSample> {
+        let mut out: Option<EngineSample> = None;
+        for l in lanes {
+            let Some(m) = out.as_mut() else {
+                out = Some(EngineSample {
+                    stats: l.stats.clone(),
+                    watermark_ms: l.watermark_ms,
+                    state_rows: l.state_rows,
+                    state_bytes: l.state_bytes,
+                });
+                continue;
+            };
+            m.stats.pings_in += l.stats.pings_in;
+            m.stats.late += l.stats.late;
+            m.stats.windows_emitted += l.stats.windows_emitted;
+            for (sink, n) in &l.stats.rows_out {
+                *m.stats.rows_out.entry(sink.clone()).or_default() += n;
+            }
+            for (q, c) in &l.stats.queries {
+                let e = m.stats.queries.entry(q.clone()).or_default();
+                e.rows_in += c.rows_in;
+                e.rows_out += c.rows_out;
+            }
+            m.watermark_ms = match (m.watermark_ms, l.watermark_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            m.state_rows += l.state_rows;
+            m.state_bytes += l.state_bytes;
+        }
+        out
+    }
 }
 
 /// What the collector reads at scrape time.
@@ -855,7 +891,8 @@ struct Inner {
     state_leases: IntGaugeVec,
     sampler_errors: IntCounter,
     sources: Mutex<Sources>,
-    engine: Mutex<EngineSample>,
+    /// Per lane (`crate::engine::Lane`), once recorded.
+    engine: Mutex<BTreeMap<&'static str, EngineSample>>,
     active_devices: Mutex<ActiveDevices>,
     receive_to_done: AtomicHistogram,
     last_checkpoint_ms: AtomicI64,
@@ -920,7 +957,7 @@ impl Metrics {
             state_leases: gauge_vec(&STATE_LEASES)?,
             sampler_errors: IntCounter::with_opts(opts(&SAMPLER_ERRORS))?,
             sources: Mutex::new(Sources::default()),
-            engine: Mutex::new(EngineSample::default()),
+            engine: Mutex::new(BTreeMap::new()),
             active_devices: Mutex::default(),
             receive_to_done: AtomicHistogram::new(END_TO_END_BUCKETS),
             last_checkpoint_ms: AtomicI64::new(now_ms()),
@@ -1028,11 +1065,12 @@ impl Metrics {
         }
     }
 
-    /// Records the engine's counters, watermark and state size (after each batch).
+    /// Records an engine's counters, watermark and state size (after each batch). The
+    /// lanes of `leasewatch run` each record theirs; they are exported as one engine's.
     pub fn record_engine(&self, engine: &Engine) {
         let (rows, bytes) = engine.state_size();
-        let mut e = lock(&self.inner.engine);
-        e.recorded = true;
+        let mut lanes = lock(&self.inner.engine);
+        let e = lanes.entry(engine.lane().as_str()).or_default();
         e.stats.clone_from(engine.stats());
         e.watermark_ms = engine.watermark();
         e.state_rows = rows as u64;
@@ -1350,8 +1388,8 @@ impl Collector for Sampled {
             now.saturating_sub(last) as f64 / 1000.0,
         ));
         {
-            let e = lock(&i.engine);
-            if e.recorded {
+            let merged = EngineSample::merged(lock(&i.engine).values());
+            if let Some(e) = merged {
                 out.push(one(&ENGINE_ROWS_IN, e.stats.pings_in as f64));
                 out.push(one(&ENGINE_LATE, e.stats.late as f64));
                 out.push(one(&ENGINE_WINDOWS, e.stats.windows_emitted as f64));
@@ -1390,16 +1428,19 @@ impl Collector for Sampled {
         let active = lock(&i.active_devices).estimate(now).round();
         out.push(one(&ENGINE_ACTIVE_DEVICES, active));
         if !lookups.is_empty() {
-            let snaps: Vec<_> = lookups
-                .iter()
-                .map(|(t, s)| {
-                    (
-                        t.as_str(),
-                        s.snapshot(),
-                        s.redis.round_trip_seconds.snapshot(),
-                    )
-                })
-                .collect();
+            // One series per table: each lane of `leasewatch run` has its own lookups.
+            let mut snaps: Vec<(&str, crate::lookup::LookupStatsSnapshot, HistogramSnapshot)> =
+                Vec::new();
+            for (t, s) in &lookups {
+                let (counts, rtt) = (s.snapshot(), s.redis.round_trip_seconds.snapshot());
+                match snaps.iter_mut().find(|(name, _, _)| name == t) {
+                    Some((_, c, h)) => {
+                        c.add(&counts);
+                        h.merge(&rtt);
+                    }
+                    None => snaps.push((t.as_str(), counts, rtt)),
+                }
+            }
             let per = |d: &MetricDef, f: &dyn Fn(&crate::lookup::LookupStatsSnapshot) -> u64| {
                 family(
                     d,

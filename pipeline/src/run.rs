@@ -1,50 +1,64 @@
-//! `leasewatch run`: HTTP ingest into the WAL, the engine following the WAL, checkpoints.
+//! `leasewatch run`: HTTP ingest into the WAL, engines following the WAL, checkpoints.
 //!
-//! Start-up: open the WAL (`wal.dir`) and the checkpoint store (`<wal.dir>/checkpoints`:
-//! the WAL only looks at its own segment files, and its directory lock keeps a second
-//! process away from both), build the engine from `engine.sql_dir`, restore the newest
-//! checkpoint and continue after its lsn (with none yet, save one of the initial state
-//! first, so that even a crash before the first periodic checkpoint cuts the file sinks
-//! back). A checkpoint ahead of the WAL head means the WAL was lost (or `wal.dir` points
+//! Lanes: with `engine.split_lanes` (the default) two engines built from the same SQL
+//! follow the WAL, each on a thread of its own ([`Lane`]): the per-ping lane (per-ping
+//! rules, the lease sweep, late pings, and the grading of their signals) on the thread
+//! that runs `run`, and the windowed lane (the windows and the grading of their signals)
+//! on a thread at a lower priority. A window's merge or emission takes seconds at times;
+//! in one engine every per-ping alert waited for it. Each lane reads every WAL entry,
+//! has its own consumed lsn and its own checkpoints (`<wal.dir>/checkpoints`,
+//! `<wal.dir>/checkpoints-windowed`); ingest's backpressure goes by the lane furthest
+//! behind, and the WAL keeps every entry either lane's kept checkpoints may replay
+//! ([`Positions`]). Without the split, one engine runs every query on this thread.
+//!
+//! Start-up: open the WAL (`wal.dir`) and the checkpoint stores (the WAL only looks at its
+//! own segment files, and its directory lock keeps a second process away from all of
+//! them), build each lane's engine from `engine.sql_dir`, restore its newest checkpoint
+//! and continue after its lsn (with none yet, save one of the initial state first, so
+//! that even a crash before the first periodic checkpoint cuts the file sinks back). A
+//! checkpoint ahead of the WAL head means the WAL was lost (or `wal.dir` points
 //! elsewhere): that is an error, not a fresh start.
 //!
 //! Ingest (HTTP) runs on a multi-threaded runtime of its own, so that it keeps answering
-//! while the engine's thread is busy or blocked (queries, a Redis sink waiting out an
-//! outage, a checkpoint's fsync).
+//! while the lanes are busy or blocked (queries, a Redis sink waiting out an outage, a
+//! checkpoint's fsync).
 //!
-//! While running, the engine processes every WAL entry after the one it consumed last,
+//! While running, each lane processes every WAL entry after the one it consumed last,
 //! flushes its sinks, and reports its progress to ingest (backpressure) and metrics.
 //! Every `engine.checkpoint_interval_secs` (also in the middle of a long backlog) it
 //! flushes the sinks and takes a snapshot of its state at the consumed lsn, which a
-//! thread of its own writes to the checkpoint store while the engine goes on (the state
-//! batches are shared, not copied: the engine pauses only for the snapshot). Once that
-//! checkpoint is durable, WAL segments the *previous* checkpoint no longer needs are
-//! deleted (so the fallback checkpoint the store keeps stays usable). One checkpoint is
-//! written at a time. A checkpoint the disk refuses (full) is retried at the next
+//! thread of its own writes to the checkpoint store while the lane goes on (the state
+//! batches are shared, not copied: the lane pauses only for the snapshot). Once that
+//! checkpoint is durable, WAL segments no lane's *previous* checkpoint needs any more
+//! are deleted (so the fallback checkpoint each store keeps stays usable). A lane writes
+//! one checkpoint at a time. A checkpoint the disk refuses (full) is retried at the next
 //! interval instead of stopping the pipeline.
 //!
 //! SIGTERM / SIGINT: ingest stops accepting and finishes the requests in flight (each
-//! acknowledged only once durable in the WAL), the engine processes what is left, and a
-//! final checkpoint is saved; the process exits 0.
+//! acknowledged only once durable in the WAL), the per-ping lane processes what is left
+//! and saves a final checkpoint, then the windowed lane does; the process exits 0. An
+//! error in the windowed lane stops the process the same way, and exits with it.
 //!
-//! Delivery to sinks: a clean stop ends with a checkpoint at the WAL head, so a restart
-//! after it replays nothing and sinks see every acknowledged ping once. After a crash the
-//! engine restarts from the last checkpoint: file sinks are cut back to where they ended
-//! at that checkpoint and the WAL entries after it are replayed, so their output equals
-//! an uninterrupted run's; the Redis queues skip alert ids already written. Sink output
-//! is committed before each checkpoint is saved, so nothing a checkpoint covers is lost
-//! with the process (file sinks do not fsync: a power loss may still lose file-sink rows
-//! the OS had not written).
+//! Delivery to sinks: a clean stop ends with checkpoints at the WAL head, so a restart
+//! after it replays nothing and sinks see every acknowledged ping once. After a crash
+//! each lane restarts from its last checkpoint: file sinks are cut back to where they
+//! ended at that checkpoint (each lane's files apart: the windowed lane's carry
+//! `.windowed` in their names) and the WAL entries after it are replayed, so their output
+//! equals an uninterrupted run's; the Redis queues skip alert ids already written. Sink
+//! output is committed before each checkpoint is saved, so nothing a checkpoint covers
+//! is lost with the process (file sinks do not fsync: a power loss may still lose
+//! file-sink rows the OS had not written).
 
 use crate::config::{Config, ConfigError};
 use crate::engine::checkpoint::Snapshot;
-use crate::engine::{Blame, Engine, EngineError, EngineOptions};
+use crate::engine::{Blame, Engine, EngineError, EngineOptions, Lane};
 use crate::ingest::{IngestState, Lag, router, serve};
 use crate::metrics::Metrics;
 use crate::wal::{CheckpointStore, Lsn, Wal, WalConfig, WalError, WalErrorDomain};
 use arrow::array::RecordBatch;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -130,6 +144,122 @@ pub fn checkpoint_dir(wal: &WalConfig) -> PathBuf {
     wal.dir.join("checkpoints")
 }
 
+/// Where the windowed lane keeps its checkpoints (`engine.split_lanes`):
+/// `<wal.dir>/checkpoints-windowed`.
+pub fn windowed_checkpoint_dir(wal: &WalConfig) -> PathBuf {
+    wal.dir.join("checkpoints-windowed")
+}
+
+/// Opens a checkpoint store (without fsync when the WAL has none).
+fn open_store(dir: PathBuf, wal: &WalConfig) -> Result<CheckpointStore, RunError> {
+    let store = CheckpointStore::open(dir)?;
+    Ok(if wal.fsync {
+        store
+    } else {
+        store.without_fsync()
+    })
+}
+
+/// Builds the engine of `lane` and restores its newest checkpoint from `store`; with
+/// none yet, saves one of the initial state first (file sinks at their current length),
+/// so that a crash before the first periodic checkpoint restores it and cuts the file
+/// sinks back, instead of replaying the WAL after what the crashed process had written
+/// (every row twice). Returns the engine and the lsn it continues after.
+async fn restored_engine(
+    config: &Config,
+    lane: Lane,
+    wal: &Wal,
+    store: &CheckpointStore,
+) -> Result<(Engine, Lsn), RunError> {
+    let options = EngineOptions {
+        capture_sinks: false,
+        late_sink: config.engine.late_sink.clone(),
+        geofences: config.engine.geofences.clone(),
+        redis_url: config.engine.redis_url.clone(),
+        background_compaction: true,
+        lane,
+    };
+    let mut engine = Engine::from_dir(&config.engine.sql_dir, &options).await?;
+    let Some((lsn, bytes)) = store.load_latest()? else {
+        engine.commit()?;
+        save_snapshot(store, 0, &engine.snapshot()?)?;
+        return Ok((engine, 0));
+    };
+    let head = wal.head();
+    if lsn > head {
+        return Err(RunError::LostWal {
+            checkpoints: store.dir().to_path_buf(),
+            wal_dir: config.wal.dir.clone(),
+            checkpoint: lsn,
+            head,
+        });
+    }
+    engine.restore(&bytes).map_err(|source| RunError::Restore {
+        dir: store.dir().to_path_buf(),
+        lsn,
+        source,
+    })?;
+    eprintln!(
+        "{} lane: restored checkpoint at lsn {lsn}; replaying WAL entries {}..={head}",
+        lane.as_str(),
+        lsn + 1
+    );
+    Ok((engine, lsn))
+}
+
+/// Where the lanes following the WAL are (slot 0: the lane with ingest, slot 1: the
+/// windowed lane, if any): each one's consumed lsn and the older of the two checkpoints
+/// it keeps. Ingest's backpressure goes by the lane furthest behind, and the WAL keeps
+/// every entry a lane's kept checkpoints may replay.
+struct Positions {
+    consumed: [AtomicU64; 2],
+    older: [AtomicU64; 2],
+    /// The smallest consumed lsn, for ingest backpressure and the backlog metric.
+    progress: watch::Sender<Lsn>,
+}
+
+impl Positions {
+    /// Lane 0 at `consumed` (its older checkpoint too); lane 1 absent until
+    /// [`Positions::consumed`] and [`Positions::kept`] place it.
+    fn new(consumed: Lsn) -> Self {
+        Self {
+            consumed: [AtomicU64::new(consumed), AtomicU64::new(Lsn::MAX)],
+            older: [AtomicU64::new(consumed), AtomicU64::new(Lsn::MAX)],
+            progress: watch::channel(consumed).0,
+        }
+    }
+
+    fn min(values: &[AtomicU64; 2]) -> Lsn {
+        values
+            .iter()
+            .map(|v| v.load(Ordering::SeqCst))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Lane `lane` has processed every entry up to `lsn`.
+    fn consumed(&self, lane: usize, lsn: Lsn) {
+        if let Some(c) = self.consumed.get(lane) {
+            c.store(lsn, Ordering::SeqCst);
+        }
+        let min = Self::min(&self.consumed);
+        self.progress
+            .send_if_modified(|p| std::mem::replace(p, min) != min);
+    }
+
+    /// The older checkpoint lane `lane` keeps is at `lsn`.
+    fn kept(&self, lane: usize, lsn: Lsn) {
+        if let Some(o) = self.older.get(lane) {
+            o.store(lsn, Ordering::SeqCst);
+        }
+    }
+
+    /// Truncates the WAL before the first entry some lane's kept checkpoints may replay.
+    fn truncate(&self, wal: &Wal) -> Result<(), WalError> {
+        wal.truncate_before(Self::min(&self.older).saturating_add(1))
+    }
+}
+
 /// Runs the pipeline until SIGTERM / SIGINT (see the module documentation).
 pub async fn run(config: &Config) -> Result<(), RunError> {
     let problems = config.ingest.problems();
@@ -150,56 +280,22 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
             recovery.head
         );
     }
-    let mut store = CheckpointStore::open(checkpoint_dir(&config.wal))?;
-    if !config.wal.fsync {
-        store = store.without_fsync();
-    }
-    let options = EngineOptions {
-        capture_sinks: false,
-        late_sink: config.engine.late_sink.clone(),
-        geofences: config.engine.geofences.clone(),
-        redis_url: config.engine.redis_url.clone(),
-        background_compaction: true,
-    };
-    let mut engine = Engine::from_dir(&config.engine.sql_dir, &options).await?;
-    let mut consumed: Lsn = 0;
-    if let Some((lsn, bytes)) = store.load_latest()? {
-        let head = wal.head();
-        if lsn > head {
-            return Err(RunError::LostWal {
-                checkpoints: store.dir().to_path_buf(),
-                wal_dir: config.wal.dir.clone(),
-                checkpoint: lsn,
-                head,
-            });
-        }
-        engine.restore(&bytes).map_err(|source| RunError::Restore {
-            dir: store.dir().to_path_buf(),
-            lsn,
-            source,
-        })?;
-        consumed = lsn;
-        eprintln!(
-            "restored checkpoint at lsn {lsn}; replaying WAL entries {}..={head}",
-            lsn + 1
-        );
-    } else {
-        // No checkpoint yet: save one of the initial state (file sinks at their current
-        // length) before anything is processed, so that a crash before the first periodic
-        // checkpoint restores it and cuts the file sinks back, instead of replaying the WAL
-        // after what the crashed process had written (every row twice).
-        engine.commit()?;
-        save_snapshot(&store, consumed, &engine.snapshot()?)?;
-    }
+    let split = config.engine.split_lanes;
+    let main_lane = if split { Lane::PerPing } else { Lane::All };
+    let store = open_store(checkpoint_dir(&config.wal), &config.wal)?;
+    let (engine, consumed) = restored_engine(config, main_lane, &wal, &store).await?;
+    let positions = Arc::new(Positions::new(consumed));
 
     let registry = prometheus::Registry::new();
     let metrics = Metrics::new(&registry).map_err(|e| RunError::Internal(e.to_string()))?;
-    for (table, lookup) in engine.lookups() {
-        metrics.add_lookup(table, lookup.stats());
-    }
-    for stats in engine.redis_sink_stats() {
-        metrics.add_sink(stats);
-    }
+    register_engine(&metrics, &engine);
+    let windowed = if split {
+        Some(WindowedLane::start(
+            config, &wal, &metrics, &positions, &stop,
+        )?)
+    } else {
+        None
+    };
     // Queue lengths and the DPD distribution, sampled from the Redis the SQL uses.
     let sampler = match engine.redis_url() {
         Some(url) => {
@@ -216,7 +312,7 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
         }
         None => None,
     };
-    let (progress, consumed_rx) = watch::channel(consumed);
+    let consumed_rx = positions.progress.subscribe();
     let probe_wal = wal.clone();
     let probe_consumed = consumed_rx.clone();
     metrics.with_wal(&wal).with_lag_probe(Arc::new(move || {
@@ -249,29 +345,14 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     });
     eprintln!("listening on http://{addr}");
 
-    let mut side = EngineSide {
-        engine,
-        wal,
-        store,
-        metrics,
-        consumed,
-        progress,
-        interval: Duration::from_secs(config.engine.checkpoint_interval_secs.max(1)),
-        last_checkpoint: Instant::now(),
-        dead_letter_dir: config.wal.dir.join("dead-letter"),
-        sweep_every: (config.engine.sweep_interval_secs > 0)
-            .then(|| Duration::from_secs(config.engine.sweep_interval_secs)),
-        next_sweep: Instant::now(),
-        saved: consumed,
-        older: consumed,
-        max_batch_rows: config.engine.max_batch_rows.max(1),
-        writing: None,
-    };
+    let mut side = EngineSide::new(config, engine, (wal, store), metrics, (0, positions));
+    side.sweep_every = (config.engine.sweep_interval_secs > 0)
+        .then(|| Duration::from_secs(config.engine.sweep_interval_secs));
     let outcome = side.follow(&stop, server).await;
     if let Some(s) = sampler {
         s.abort();
     }
-    match outcome {
+    let outcome = match outcome {
         Err(e) => {
             eprintln!(
                 "leasewatch: stopping after an error at lsn {}",
@@ -281,12 +362,141 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
         }
         Ok(()) => {
             // Ingest has stopped: everything acknowledged is in the WAL.
-            side.drain().await?;
-            side.finish_checkpoint(true)?;
-            side.checkpoint()?;
-            eprintln!("stopped; checkpoint at lsn {}", side.consumed);
-            Ok(())
+            async {
+                side.drain().await?;
+                side.finish_checkpoint(true)?;
+                side.checkpoint()?;
+                eprintln!("stopped; checkpoint at lsn {}", side.consumed);
+                Ok(())
+            }
+            .await
         }
+    };
+    // The windowed lane finishes the WAL too (with a checkpoint) once this lane did, or
+    // stops at once after an error; its own error, if any, is the run's.
+    let lane = match windowed {
+        Some(w) => w.stop(outcome.is_ok()),
+        None => Ok(()),
+    };
+    outcome.and(lane)
+}
+
+/// Exports the engine's lookup and alert-sink counters.
+fn register_engine(metrics: &Metrics, engine: &Engine) {
+    for (table, lookup) in engine.lookups() {
+        metrics.add_lookup(table, lookup.stats());
+    }
+    for stats in engine.redis_sink_stats() {
+        metrics.add_sink(stats);
+    }
+}
+
+/// What the thread of the windowed lane is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LaneCommand {
+    Run,
+    /// Ingest has stopped: process the WAL to its head, checkpoint, end.
+    Finish,
+    /// End now (the other lane failed); the checkpoints saved so far stay.
+    Abort,
+}
+
+/// How much lower than the lane with ingest the windowed lane's thread runs (nice): when
+/// both want the cores, a per-ping alert should not wait for a window's merge. Its
+/// compaction and checkpoint threads run lower still, relative to it. A windowed lane
+/// that falls behind only delays windows (and, past `ingest.max_lag_rows`, ingest).
+const WINDOWED_LANE_NICE: i32 = 2;
+
+/// The windowed lane: an engine running the windowed queries on a thread of its own,
+/// following the WAL apart from the lane with ingest.
+struct WindowedLane {
+    thread: std::thread::JoinHandle<Result<(), RunError>>,
+    command: watch::Sender<LaneCommand>,
+}
+
+impl WindowedLane {
+    /// Starts the lane's thread, which builds its engine, restores its checkpoint and
+    /// places it in `positions` before this returns (so that nothing it still needs is
+    /// truncated), then follows the WAL. An error of the lane later sets `stop`.
+    fn start(
+        config: &Config,
+        wal: &Wal,
+        metrics: &Metrics,
+        positions: &Arc<Positions>,
+        stop: &Arc<watch::Sender<bool>>,
+    ) -> Result<Self, RunError> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), RunError>>();
+        let (command, commands) = watch::channel(LaneCommand::Run);
+        let (config, wal, metrics) = (config.clone(), wal.clone(), metrics.clone());
+        let (positions, stop) = (Arc::clone(positions), Arc::clone(stop));
+        let nice = lowered_nice(WINDOWED_LANE_NICE);
+        let thread = std::thread::Builder::new()
+            .name("lw-windowed".into())
+            .spawn(move || {
+                set_thread_nice(nice, "windowed lane");
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| RunError::io("starting the windowed lane's runtime", e))?;
+                let result = runtime.block_on(async {
+                    let started = async {
+                        let store = open_store(windowed_checkpoint_dir(&config.wal), &config.wal)?;
+                        let (engine, consumed) =
+                            restored_engine(&config, Lane::Windowed, &wal, &store).await?;
+                        register_engine(&metrics, &engine);
+                        positions.kept(1, consumed);
+                        positions.consumed(1, consumed);
+                        Ok(EngineSide::new(
+                            &config,
+                            engine,
+                            (wal, store),
+                            metrics,
+                            (1, positions),
+                        ))
+                    }
+                    .await;
+                    let mut side = match started {
+                        Ok(side) => {
+                            let _ = ready_tx.send(Ok(()));
+                            side
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return Ok(());
+                        }
+                    };
+                    side.follow_lane(commands).await
+                });
+                if let Err(e) = &result {
+                    eprintln!("leasewatch: the windowed lane failed: {e}");
+                    stop.send_replace(true);
+                }
+                result
+            })
+            .map_err(|e| RunError::io("starting the windowed lane", e))?;
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self { thread, command }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err(match thread.join() {
+                Ok(Err(e)) => e,
+                _ => RunError::Internal("the windowed lane ended while starting".into()),
+            }),
+        }
+    }
+
+    /// Tells the lane to finish the WAL (`finish`) or to end now, and waits for it.
+    fn stop(self, finish: bool) -> Result<(), RunError> {
+        self.command.send_replace(if finish {
+            LaneCommand::Finish
+        } else {
+            LaneCommand::Abort
+        });
+        self.thread
+            .join()
+            .map_err(|_| RunError::Internal("the windowed lane panicked".into()))?
     }
 }
 
@@ -422,8 +632,10 @@ struct EngineSide {
     metrics: Metrics,
     /// The last WAL entry fully processed.
     consumed: Lsn,
-    /// `consumed`, for ingest backpressure.
-    progress: watch::Sender<Lsn>,
+    /// This lane's slot in `positions`.
+    lane: usize,
+    /// Where every lane is, for ingest backpressure and WAL truncation.
+    positions: Arc<Positions>,
     interval: Duration,
     last_checkpoint: Instant,
     /// Where batches a query failed on are set aside.
@@ -451,6 +663,84 @@ struct Writing {
 }
 
 impl EngineSide {
+    /// The side of `engine`, in slot `lane` of `positions`, at the lsn `positions` holds
+    /// for it; no lease sweep.
+    fn new(
+        config: &Config,
+        engine: Engine,
+        (wal, store): (Wal, CheckpointStore),
+        metrics: Metrics,
+        (lane, positions): (usize, Arc<Positions>),
+    ) -> Self {
+        let consumed = positions
+            .consumed
+            .get(lane)
+            .map_or(0, |c| c.load(Ordering::SeqCst));
+        Self {
+            engine,
+            wal,
+            store,
+            metrics,
+            consumed,
+            lane,
+            positions,
+            interval: Duration::from_secs(config.engine.checkpoint_interval_secs.max(1)),
+            last_checkpoint: Instant::now(),
+            dead_letter_dir: config.wal.dir.join("dead-letter"),
+            sweep_every: None,
+            next_sweep: Instant::now(),
+            saved: consumed,
+            older: consumed,
+            max_batch_rows: config.engine.max_batch_rows.max(1),
+            writing: None,
+        }
+    }
+
+    /// The windowed lane's loop: follows the WAL until told to finish (then processes it
+    /// to the head and checkpoints) or to abort.
+    async fn follow_lane(
+        &mut self,
+        mut commands: watch::Receiver<LaneCommand>,
+    ) -> Result<(), RunError> {
+        let mut head = self.wal.subscribe();
+        loop {
+            head.borrow_and_update();
+            let command = *commands.borrow_and_update();
+            if command == LaneCommand::Abort {
+                return Ok(());
+            }
+            self.drain().await?;
+            self.finish_checkpoint(false)?;
+            if command == LaneCommand::Finish {
+                // The other lane has stopped ingest and drained: the head is final.
+                self.drain().await?;
+                self.finish_checkpoint(true)?;
+                self.checkpoint()?;
+                return Ok(());
+            }
+            if self.last_checkpoint.elapsed() >= self.interval {
+                self.periodic_checkpoint()?;
+            }
+            let mut due = self.last_checkpoint + self.interval;
+            if self.writing.is_some() {
+                due = due.min(Instant::now() + CHECKPOINT_POLL);
+            }
+            tokio::select! {
+                changed = head.changed() => {
+                    if changed.is_err() {
+                        return Err(RunError::Internal("WAL head channel closed".into()));
+                    }
+                }
+                changed = commands.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                }
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(due)) => {}
+            }
+        }
+    }
+
     /// Follows the WAL until `stop` is set and the server has finished the requests in
     /// flight. On an error, stops the server first.
     async fn follow(
@@ -609,11 +899,13 @@ impl EngineSide {
             self.set_aside_on_query_error(result, group)?;
         }
         self.metrics.record_engine(&self.engine);
-        for (_, b) in group {
-            self.metrics.batch_processed(b);
+        if self.lane == 0 {
+            for (_, b) in group {
+                self.metrics.batch_processed(b);
+            }
         }
         self.consumed = last;
-        self.progress.send_replace(last);
+        self.positions.consumed(self.lane, last);
         Ok(())
     }
 
@@ -650,7 +942,10 @@ impl EngineSide {
         let dir = self.dead_letter_dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| RunError::io(format!("creating {}", dir.display()), e))?;
-        let path = dir.join(format!("lsn-{lsn}.arrows"));
+        let path = match self.engine.lane().file_tag() {
+            Some(tag) => dir.join(format!("lsn-{lsn}.{tag}.arrows")),
+            None => dir.join(format!("lsn-{lsn}.arrows")),
+        };
         let write = || -> Result<(), Box<dyn std::error::Error>> {
             let f = std::fs::File::create(&path)?;
             let mut w = arrow_ipc::writer::StreamWriter::try_new(f, &batch.schema())?;
@@ -678,13 +973,15 @@ impl EngineSide {
         let snapshot = self.engine.snapshot()?;
         let (store, wal, lsn) = (self.store.clone(), self.wal.clone(), self.consumed);
         let (_, older) = self.kept_after(lsn);
+        let (positions, lane) = (Arc::clone(&self.positions), self.lane);
         let nice = lowered_nice(CHECKPOINT_NICE);
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
                 set_thread_nice(nice, "checkpoint");
                 save_snapshot(&store, lsn, &snapshot)?;
-                Ok(wal.truncate_before(older + 1))
+                positions.kept(lane, older);
+                Ok(positions.truncate(&wal))
             })
             .map_err(|e| RunError::io("starting the checkpoint thread", e))?;
         self.writing = Some(Writing {
@@ -743,7 +1040,7 @@ impl EngineSide {
     /// neither kept checkpoint needs.
     fn saved_checkpoint(&mut self, lsn: Lsn, started: Instant) -> Result<(), RunError> {
         self.record_checkpoint(lsn, started);
-        self.wal.truncate_before(self.older + 1)?;
+        self.positions.truncate(&self.wal)?;
         Ok(())
     }
 
@@ -762,6 +1059,7 @@ impl EngineSide {
     fn record_checkpoint(&mut self, lsn: Lsn, started: Instant) {
         self.metrics.checkpoint_saved(started.elapsed());
         (self.saved, self.older) = self.kept_after(lsn);
+        self.positions.kept(self.lane, self.older);
     }
 }
 

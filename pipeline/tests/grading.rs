@@ -16,15 +16,15 @@
 
 mod support;
 
-use leasewatch::engine::Engine;
+use leasewatch::engine::{Engine, Lane};
 use leasewatch_schemas::{
     Alert, CreditBand, CreditState, DevicePing, EventKind, Grade, LeaseState, Queue, SignalKind,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use support::product::{
     HOUR, LODWAR, MCC_UG, MIN, NAKURU, PAWN_SHOP, T0, all_queues, captured_alerts, credit,
-    heartbeats, home, iccid, imei, lease, overdue, ping, product_engine, product_sql, put_state,
-    run_to_end, stream, write_geofences, xlen,
+    heartbeats, home, iccid, imei, lane_engine, lease, overdue, ping, product_engine, product_sql,
+    put_state, run_to_end, stream, write_geofences, xlen,
 };
 use support::redis::RedisServer;
 
@@ -403,6 +403,87 @@ async fn each_signal_fires_on_its_device_and_nowhere_else() {
     let again = captured_alerts(&small, "alerts");
     assert_eq!(again.len(), alerts.len());
     assert_eq!(key(&again), key(&alerts), "batching changed the alerts");
+}
+
+/// `leasewatch run` splits the queries into two engines (`engine.split_lanes`): the
+/// per-ping lane and the windowed lane, each fed every ping. Together they write exactly
+/// the alerts (and archive rows) one engine running every query writes, and neither
+/// writes the other's signals.
+#[tokio::test]
+async fn the_two_lanes_together_alert_as_one_engine() {
+    let server = RedisServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let s = catalogue();
+    s.store(&server);
+    let fences = write_geofences(tmp.path());
+    let run = |lane: Lane| {
+        let (server, tmp, fences, pings) = (&server, tmp.path(), fences.clone(), &s.pings);
+        async move {
+            let mut e = lane_engine(tmp, server, Some(fences), true, lane).await;
+            run_to_end(&mut e, pings, 256).await;
+            let sorted = |sink: &str| {
+                let mut v = captured_alerts(&e, sink);
+                v.sort_by(|a, b| a.alert_id.cmp(&b.alert_id).then(a.queue.cmp(&b.queue)));
+                v
+            };
+            (sorted("alerts"), sorted("alert_archive"), e.stats().clone())
+        }
+    };
+    let (all, all_archived, all_stats) = run(Lane::All).await;
+    let (per_ping, per_ping_archived, per_ping_stats) = run(Lane::PerPing).await;
+    let (windowed, windowed_archived, windowed_stats) = run(Lane::Windowed).await;
+
+    let windowed_signals = [
+        SignalKind::SimSwapFrequent,
+        SignalKind::RiskyPlaceDwell,
+        SignalKind::AbnormalDwell,
+        SignalKind::ImpossibleTravel,
+        SignalKind::DeviceDark,
+    ];
+    assert!(!per_ping.is_empty() && !windowed.is_empty());
+    for a in &per_ping {
+        assert!(
+            !windowed_signals.contains(&a.signal),
+            "per-ping lane: {a:?}"
+        );
+    }
+    for a in &windowed {
+        assert!(windowed_signals.contains(&a.signal), "windowed lane: {a:?}");
+    }
+    let merge = |a: &[Alert], b: &[Alert]| {
+        let mut v: Vec<Alert> = a.iter().chain(b).cloned().collect();
+        v.sort_by(|a, b| a.alert_id.cmp(&b.alert_id).then(a.queue.cmp(&b.queue)));
+        v
+    };
+    assert_eq!(merge(&per_ping, &windowed), all, "alerts");
+    assert_eq!(
+        merge(&per_ping_archived, &windowed_archived),
+        all_archived,
+        "archive rows"
+    );
+    // Pings are counted once (by the per-ping lane), windows by the windowed lane.
+    assert_eq!(per_ping_stats.pings_in, all_stats.pings_in);
+    assert_eq!(windowed_stats.pings_in, 0);
+    assert_eq!(per_ping_stats.windows_emitted, 0);
+    assert_eq!(windowed_stats.windows_emitted, all_stats.windows_emitted);
+
+    // A checkpoint restores only into an engine of its lane.
+    let fresh = |lane| lane_engine(tmp.path(), &server, Some(fences.clone()), true, lane);
+    let mut all = fresh(Lane::All).await;
+    all.process(&support::product::batches(&s.pings, 256)[0])
+        .await
+        .unwrap();
+    let bytes = all.checkpoint().unwrap();
+    let err = fresh(Lane::PerPing)
+        .await
+        .restore(&bytes)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the all lane, not the per_ping lane") && err.contains("engine.split_lanes"),
+        "{err}"
+    );
+    fresh(Lane::All).await.restore(&bytes).unwrap();
 }
 
 /// Leases on the collection ladder (swept, no pings), and devices whose signals are

@@ -65,6 +65,10 @@ FROM (
 );
 ";
 
+/// The file of the `per_second` sink: the windowed lane's file sinks (`engine.split_lanes`,
+/// on by default) tag their file names.
+const WINDOWS_FILE: &str = "per_second.windowed.jsonl";
+
 /// A temporary pipeline: SQL folder, WAL, sink folder, config.
 struct Setup {
     dir: tempfile::TempDir,
@@ -103,6 +107,18 @@ impl Setup {
         Pipeline::start(&self.config)
     }
 
+    /// Runs `leasewatch run`, which must refuse to start (exit 2): its stderr.
+    fn refused(&self) -> String {
+        let o = Command::new(env!("CARGO_BIN_EXE_leasewatch"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        err
+    }
+
     /// Device ids in the per-ping sink file (written by the last process).
     fn sink_ids(&self) -> Vec<String> {
         read_lines(&self.out.join("every_ping.jsonl"))
@@ -113,7 +129,7 @@ impl Setup {
 
     /// Pings counted by the window sink (written by the last process).
     fn window_pings(&self) -> u64 {
-        read_lines(&self.out.join("per_second.jsonl"))
+        read_lines(&self.out.join(WINDOWS_FILE))
             .iter()
             .map(|v| v["pings"].as_u64().unwrap())
             .sum()
@@ -327,13 +343,7 @@ fn clean_restart_delivers_every_acknowledged_ping_once() {
             std::fs::remove_file(path).unwrap();
         }
     }
-    let o = Command::new(env!("CARGO_BIN_EXE_leasewatch"))
-        .args(["run", "--config"])
-        .arg(&setup.config)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
+    let err = setup.refused();
     assert!(
         err.contains("WAL was lost") && err.contains(wal.to_str().unwrap()),
         "{err}"
@@ -406,7 +416,8 @@ fn crash_restart_outputs_equal_an_uninterrupted_run() {
     // An uninterrupted run over the same pings (the blocks of 25 that reached the WAL,
     // in the order they were sent) writes exactly the same outputs, windows included.
     let crashed_pings = sorted_lines(&setup.out.join("every_ping.jsonl"));
-    let crashed_windows = sorted_lines(&setup.out.join("per_second.jsonl"));
+    let crashed_windows = sorted_lines(&setup.out.join(WINDOWS_FILE));
+    assert!(!crashed_windows.is_empty(), "no window was written");
     let reference = Setup::new();
     let p = reference.start();
     let mut first = 0u64;
@@ -426,7 +437,7 @@ fn crash_restart_outputs_equal_an_uninterrupted_run() {
     );
     assert_eq!(
         crashed_windows,
-        sorted_lines(&reference.out.join("per_second.jsonl")),
+        sorted_lines(&reference.out.join(WINDOWS_FILE)),
         "window output differs from an uninterrupted run"
     );
     eprintln!(
@@ -487,4 +498,38 @@ fn a_batch_a_query_fails_on_goes_to_the_dead_letter_folder() {
     let mut p = setup.start();
     p.stop();
     assert!(!p.log().contains("query failed"), "{}", p.log());
+}
+
+/// With `engine.split_lanes = false` one engine runs every query: the windows' file
+/// keeps its plain name, a restart restores its checkpoint, and a later start with the
+/// lanes split refuses that checkpoint (it holds both lanes' state) with a clear error
+/// instead of starting over.
+#[test]
+fn one_engine_without_split_lanes_and_its_checkpoint_stays_its_own() {
+    let setup = Setup::new();
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let one = text.replace("[engine]\n", "[engine]\nsplit_lanes = false\n");
+    std::fs::write(&setup.config, &one).unwrap();
+    let (mut acked, mut next) = (BTreeSet::new(), 0u64);
+    let mut p = setup.start();
+    for _ in 0..4 {
+        post_acked(&p, &mut next, 20, &mut acked);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    p.stop();
+    let mut p = setup.start();
+    assert!(
+        p.log().contains("all lane: restored checkpoint"),
+        "{}",
+        p.log()
+    );
+    p.stop();
+    let ids: BTreeSet<String> = setup.sink_ids().into_iter().collect();
+    assert_eq!(ids, acked);
+    assert!(!read_lines(&setup.out.join("per_second.jsonl")).is_empty());
+    assert!(!setup.out.join(WINDOWS_FILE).exists());
+
+    std::fs::write(&setup.config, text).unwrap();
+    let err = setup.refused();
+    assert!(err.contains("engine.split_lanes"), "{err}");
 }

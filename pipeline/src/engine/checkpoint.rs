@@ -27,6 +27,9 @@ const VERSION_LENGTH_PREFIXED: u32 = 1;
 #[derive(Debug, Serialize, Deserialize)]
 struct Header {
     fingerprint: u64,
+    /// The queries the engine ran (absent: every one, as before lanes).
+    #[serde(default)]
+    lane: super::Lane,
     max_ts: i64,
     flushed: bool,
     stats: EngineStats,
@@ -174,6 +177,7 @@ impl Engine {
         }
         let header = Header {
             fingerprint: self.fingerprint,
+            lane: self.lane,
             max_ts: self.clock.max_ts,
             flushed: self.clock.flushed,
             stats: self.stats.clone(),
@@ -203,6 +207,13 @@ impl Engine {
         }
         let n = take_u32(&mut rest)? as usize;
         let header: Header = serde_json::from_slice(take(&mut rest, n)?).map_err(bad)?;
+        if header.lane != self.lane {
+            return Err(bad(format!(
+                "taken by the {} lane, not the {} lane: its state belongs to other queries (engine.split_lanes differs from the run that took it)",
+                header.lane.as_str(),
+                self.lane.as_str()
+            )));
+        }
         if header.fingerprint != self.fingerprint {
             return Err(bad(
                 "taken with different SQL files: state cannot be restored",

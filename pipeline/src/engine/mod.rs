@@ -132,6 +132,56 @@ pub struct EngineOptions {
     /// [`UPPER_COMPACTIONS_PER_BATCH`] above it per batch (replay and tests: the same
     /// input then always gives the same parts).
     pub background_compaction: bool,
+    /// Which of the pipeline's queries this engine runs ([`Lane`]).
+    pub lane: Lane,
+}
+
+/// Which queries an engine runs. `leasewatch run` follows the WAL with two engines built
+/// from the same SQL, each on a thread of its own: the per-ping rules must answer within
+/// a fraction of a second, and the windows' merges and emissions (seconds, at times) must
+/// not hold them up. Queries downstream of both (grading) run in each lane on that lane's
+/// rows, so the two lanes together write what one engine running everything would.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// Every query (replay, tests).
+    #[default]
+    All,
+    /// Every query but the windowed ones: per-ping rules, the lease sweep, the late sink,
+    /// and what reads their output.
+    PerPing,
+    /// The windowed queries and what reads their output. It counts no pings (the
+    /// per-ping lane does), writes no late pings and runs no sweep; its file sinks write
+    /// files of their own (see [`Lane::file_tag`]).
+    Windowed,
+}
+
+impl Lane {
+    /// Its name, in logs and checkpoints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::PerPing => "per_ping",
+            Self::Windowed => "windowed",
+        }
+    }
+
+    /// What its file sinks add to their file names, so that two lanes never write (or
+    /// rewind) the same file.
+    pub fn file_tag(self) -> Option<&'static str> {
+        (self == Self::Windowed).then_some("windowed")
+    }
+
+    /// Whether it runs the windowed queries.
+    fn windows(self) -> bool {
+        self != Self::PerPing
+    }
+
+    /// Whether it runs the queries that read the pings or the sweep directly (other than
+    /// windows), and counts the pings.
+    fn per_ping(self) -> bool {
+        self != Self::Windowed
+    }
 }
 
 /// Counters and gauges of an engine.
@@ -242,6 +292,7 @@ pub struct Engine {
     compaction_turn: usize,
     /// The compaction thread, with [`EngineOptions::background_compaction`].
     compactor: Option<Compactor>,
+    lane: Lane,
 }
 
 /// A compaction for the compaction thread.
@@ -495,7 +546,7 @@ impl Engine {
                 captures.insert(t.name.clone(), m.clone());
                 Box::new(m)
             } else {
-                sink::open(t, options.redis_url.as_deref())?
+                sink::open(t, options.redis_url.as_deref(), options.lane.file_tag())?
             };
             sink_names.push(t.name.clone());
             sinks.push(s);
@@ -513,7 +564,11 @@ impl Engine {
             let qn = queries.len();
             queries.push(plan::compile_insert(&env, ins, sink, qn).await?);
         }
-        let late_sink = match &options.late_sink {
+        let late_sink = match options
+            .late_sink
+            .as_ref()
+            .filter(|_| options.lane.per_ping())
+        {
             Some(name) => {
                 let pos = Pos {
                     file: Arc::from("config"),
@@ -529,15 +584,17 @@ impl Engine {
             stats.rows_out.insert(n.clone(), 0);
         }
         let bound_ms = source.as_ref().map_or(0, |s| s.bound_ms);
-        let windowed = (0..queries.len())
-            .filter(|&i| matches!(queries[i].kind, QueryKind::Windowed(_)))
+        let windowed: Vec<usize> = (0..queries.len())
+            .filter(|&i| {
+                options.lane.windows() && matches!(queries[i].kind, QueryKind::Windowed(_))
+            })
             .collect();
         let task = ctx.task_ctx();
         let whole = Arc::new(
             TaskContext::from(&ctx.state())
                 .with_session_config(task.session_config().clone().with_batch_size(usize::MAX)),
         );
-        let compactor = if options.background_compaction {
+        let compactor = if options.background_compaction && !windowed.is_empty() {
             Some(Compactor::spawn(Arc::clone(&whole), settle.clone())?)
         } else {
             None
@@ -571,6 +628,7 @@ impl Engine {
             failed_without_effect: false,
             compaction_turn: 0,
             compactor,
+            lane: options.lane,
         })
     }
 
@@ -593,6 +651,11 @@ impl Engine {
     /// Compactions run on the compaction thread and filed so far (0 without one).
     pub fn background_compactions(&self) -> u64 {
         self.compactor.as_ref().map_or(0, |c| c.filed)
+    }
+
+    /// The queries it runs.
+    pub fn lane(&self) -> Lane {
+        self.lane
     }
 
     /// Counters.
@@ -675,6 +738,7 @@ impl Engine {
         for (i, q) in self.queries.iter().enumerate() {
             if let QueryKind::PerBatch(p) = &q.kind
                 && q.inputs.contains(&PINGS)
+                && self.lane.per_ping()
             {
                 match run(p, &self.task, &q.pos).await {
                     Ok(out) => pending.push((i, out)),
@@ -687,8 +751,10 @@ impl Engine {
                 }
             }
         }
-        self.stats.pings_in += pings.num_rows() as u64;
-        self.stats.late += n_late;
+        if self.lane.per_ping() {
+            self.stats.pings_in += pings.num_rows() as u64;
+            self.stats.late += n_late;
+        }
         for (i, out) in &pending {
             if let Some(q) = self.queries.get(*i) {
                 count(&mut self.stats, &q.name, batch.num_rows(), out);
@@ -706,8 +772,12 @@ impl Engine {
                     &[late],
                 )?;
             }
-            let keep = not(&late_mask).map_err(internal)?;
-            filter_record_batch(&batch, &keep).map_err(internal)?
+            if self.windowed.is_empty() {
+                batch
+            } else {
+                let keep = not(&late_mask).map_err(internal)?;
+                filter_record_batch(&batch, &keep).map_err(internal)?
+            }
         } else {
             batch
         };
@@ -845,7 +915,10 @@ impl Engine {
             self.watermark_cell.set(wm);
         }
         let mut pending = Vec::new();
-        for (i, q) in self.queries.iter_mut().enumerate() {
+        for &i in &self.windowed {
+            let Some(q) = self.queries.get_mut(i) else {
+                continue;
+            };
             let QueryKind::Windowed(w) = &mut q.kind else {
                 continue;
             };
@@ -916,14 +989,14 @@ impl Engine {
 
     /// Whether the SQL declares a lease sweep table (`connector = 'lease_sweep'`).
     pub fn has_sweep(&self) -> bool {
-        self.sweep.is_some()
+        self.sweep.is_some() && self.lane.per_ping()
     }
 
     /// Feeds the lease sweep: one row per leased device at event time `at_ms`. Queries
     /// reading the sweep table run on it (e.g. the overdue ladder), their output flows on
     /// like any other. Without a sweep table this does nothing.
     pub async fn sweep(&mut self, device_ids: Vec<String>, at_ms: i64) -> Result<(), EngineError> {
-        let Some(sw) = &self.sweep else {
+        let Some(sw) = self.sweep.as_ref().filter(|_| self.lane.per_ping()) else {
             return Ok(());
         };
         let mut pending = Vec::new();
@@ -968,7 +1041,7 @@ impl Engine {
     /// Redis URL) and feeds the device ids to [`Self::sweep`] at event time `at_ms`.
     /// Returns the number of devices swept (0 without a sweep table).
     pub async fn sweep_leases(&mut self, at_ms: i64) -> Result<usize, EngineError> {
-        let Some(sw) = &self.sweep else {
+        let Some(sw) = self.sweep.as_ref().filter(|_| self.lane.per_ping()) else {
             return Ok(0);
         };
         let devices = list_leases(&sw.url, &sw.key_prefix)

@@ -124,6 +124,22 @@ pub struct LookupStatsSnapshot {
     pub errors: u64,
 }
 
+impl LookupStatsSnapshot {
+    /// Adds `other`'s counts (two lookups of one table, e.g. one per engine lane).
+    pub fn add(&mut self, other: &Self) {
+        self.batches += other.batches;
+        self.round_trips += other.round_trips;
+        self.keys_fetched += other.keys_fetched;
+        self.keys_found += other.keys_found;
+        self.cache_hits += other.cache_hits;
+        self.cache_misses += other.cache_misses;
+        self.malformed += other.malformed;
+        self.held += other.held;
+        self.retries += other.retries;
+        self.errors += other.errors;
+    }
+}
+
 impl LookupStats {
     /// The counters now.
     pub fn snapshot(&self) -> LookupStatsSnapshot {

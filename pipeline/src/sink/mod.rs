@@ -347,7 +347,14 @@ impl Drop for ParquetFile {
 }
 
 /// Opens the sink declared by `table`; `redis_url` replaces a Redis sink's `address`.
-pub fn open(table: &TableDef, redis_url: Option<&str>) -> Result<Box<dyn Sink>, SinkError> {
+/// `file_tag` goes into a file sink's file names (`<table>.<tag>.jsonl`, `<stem>.<tag>.jsonl`
+/// for a file path, `<table>.<tag>-<ms>-<pid>-<n>.parquet` in an archive), so that two
+/// engines of one process never write or rewind each other's files.
+pub fn open(
+    table: &TableDef,
+    redis_url: Option<&str>,
+    file_tag: Option<&str>,
+) -> Result<Box<dyn Sink>, SinkError> {
     let err = |message: String| SinkError {
         sink: table.name.clone(),
         message,
@@ -394,19 +401,30 @@ pub fn open(table: &TableDef, redis_url: Option<&str>) -> Result<Box<dyn Sink>, 
                     )));
                 }
             };
+            let name = match file_tag {
+                Some(tag) => format!("{}.{tag}", table.name),
+                None => table.name.clone(),
+            };
             let file = if is_file {
-                path.clone()
+                match (file_tag, path.file_stem(), path.extension()) {
+                    (Some(tag), Some(stem), Some(e)) => path.with_file_name(format!(
+                        "{}.{tag}.{}",
+                        stem.to_string_lossy(),
+                        e.to_string_lossy()
+                    )),
+                    _ => path.clone(),
+                }
             } else {
                 std::fs::create_dir_all(&path)
                     .map_err(|e| err(format!("{}: {e}", path.display())))?;
-                path.join(format!("{}.{ext}", table.name))
+                path.join(format!("{name}.{ext}"))
             };
             if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
             }
             if ext == "parquet" {
                 return Ok(Box::new(ParquetFile {
-                    name: table.name.clone(),
+                    name,
                     path: if is_file { file } else { path },
                     rolling: !is_file,
                     files: 0,

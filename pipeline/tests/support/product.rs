@@ -4,7 +4,7 @@
 
 use super::redis::RedisServer;
 use arrow::array::RecordBatch;
-use leasewatch::engine::{Engine, EngineOptions};
+use leasewatch::engine::{Engine, EngineOptions, Lane};
 use leasewatch::sink::redis::{alerts_from_batch, message_from_fields};
 use leasewatch_schemas::{
     Alert, CreditBand, CreditState, DevicePing, EventKind, Keys, LeaseState, LeaseStatus, Queue,
@@ -312,12 +312,24 @@ pub async fn product_engine(
     geofences: Option<PathBuf>,
     capture_sinks: bool,
 ) -> Engine {
+    lane_engine(out, server, geofences, capture_sinks, Lane::All).await
+}
+
+/// [`product_engine`] running the queries of `lane` only.
+pub async fn lane_engine(
+    out: &Path,
+    server: &RedisServer,
+    geofences: Option<PathBuf>,
+    capture_sinks: bool,
+    lane: Lane,
+) -> Engine {
     let options = EngineOptions {
         capture_sinks,
         late_sink: None,
         geofences,
         redis_url: Some(server.url()),
         background_compaction: false,
+        lane,
     };
     Engine::from_files(&product_sql(out), &options)
         .await
