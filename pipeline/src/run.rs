@@ -410,8 +410,18 @@ const WINDOWED_LANE_NICE: i32 = 2;
 /// The windowed lane: an engine running the windowed queries on a thread of its own,
 /// following the WAL apart from the lane with ingest.
 struct WindowedLane {
-    thread: std::thread::JoinHandle<Result<(), RunError>>,
+    /// Taken by [`WindowedLane::stop`].
+    thread: Option<std::thread::JoinHandle<Result<(), RunError>>>,
     command: watch::Sender<LaneCommand>,
+}
+
+impl Drop for WindowedLane {
+    /// Not stopped (`run` failed before following the WAL): the lane ends at once.
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.command.send_replace(LaneCommand::Abort);
+        }
+    }
 }
 
 impl WindowedLane {
@@ -475,7 +485,10 @@ impl WindowedLane {
             })
             .map_err(|e| RunError::io("starting the windowed lane", e))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Self { thread, command }),
+            Ok(Ok(())) => Ok(Self {
+                thread: Some(thread),
+                command,
+            }),
             Ok(Err(e)) => {
                 let _ = thread.join();
                 Err(e)
@@ -488,15 +501,18 @@ impl WindowedLane {
     }
 
     /// Tells the lane to finish the WAL (`finish`) or to end now, and waits for it.
-    fn stop(self, finish: bool) -> Result<(), RunError> {
+    fn stop(mut self, finish: bool) -> Result<(), RunError> {
         self.command.send_replace(if finish {
             LaneCommand::Finish
         } else {
             LaneCommand::Abort
         });
-        self.thread
-            .join()
-            .map_err(|_| RunError::Internal("the windowed lane panicked".into()))?
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| RunError::Internal("the windowed lane panicked".into()))?,
+            None => Ok(()),
+        }
     }
 }
 

@@ -512,9 +512,11 @@ fn one_engine_without_split_lanes_and_its_checkpoint_stays_its_own() {
     std::fs::write(&setup.config, &one).unwrap();
     let (mut acked, mut next) = (BTreeSet::new(), 0u64);
     let mut p = setup.start();
-    for _ in 0..4 {
+    // 160 pings 20 ms apart in event time: the watermark (1 s behind the newest) passes
+    // the end of at least one one-second window.
+    for _ in 0..8 {
         post_acked(&p, &mut next, 20, &mut acked);
-        std::thread::sleep(Duration::from_millis(400));
+        std::thread::sleep(Duration::from_millis(200));
     }
     p.stop();
     let mut p = setup.start();
