@@ -728,8 +728,8 @@ impl EngineSide {
             self.drain().await?;
             self.finish_checkpoint(false)?;
             if command == LaneCommand::Finish {
-                // The other lane has stopped ingest and drained: the head is final.
-                self.drain().await?;
+                // The other lane had stopped ingest and drained: the drain above went
+                // to the final head.
                 self.finish_checkpoint(true)?;
                 self.checkpoint()?;
                 return Ok(());
