@@ -195,7 +195,9 @@ fn load_config(path: Option<&PathBuf>, sql: Option<&PathBuf>) -> Result<Config, 
     Ok(c)
 }
 
-fn engine_options(c: &Config) -> EngineOptions {
+/// The engine options `c` sets (one engine running every query, compacting between
+/// batches); `leasewatch run` changes the last two.
+pub(crate) fn engine_options(c: &Config) -> EngineOptions {
     EngineOptions {
         capture_sinks: false,
         late_sink: c.engine.late_sink.clone(),

@@ -836,17 +836,10 @@ impl EngineSample {
     /// The lanes' samples as one engine's: counters and state summed (a lane counts
     /// only what it ran), the watermark of the lane furthest behind.
     fn merged<'a>(lanes: impl IntoIterator<Item = &'a EngineSample>) -> Option<EngineSample> {
-        let mut out: Option<EngineSample> = None;
+        let mut lanes = lanes.into_iter().peekable();
+        lanes.peek()?;
+        let mut m = EngineSample::default();
         for l in lanes {
-            let Some(m) = out.as_mut() else {
-                out = Some(EngineSample {
-                    stats: l.stats.clone(),
-                    watermark_ms: l.watermark_ms,
-                    state_rows: l.state_rows,
-                    state_bytes: l.state_bytes,
-                });
-                continue;
-            };
             m.stats.pings_in += l.stats.pings_in;
             m.stats.late += l.stats.late;
             m.stats.windows_emitted += l.stats.windows_emitted;
@@ -865,7 +858,7 @@ impl EngineSample {
             m.state_rows += l.state_rows;
             m.state_bytes += l.state_bytes;
         }
-        out
+        Some(m)
     }
 }
 

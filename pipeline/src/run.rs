@@ -172,12 +172,9 @@ async fn restored_engine(
     store: &CheckpointStore,
 ) -> Result<(Engine, Lsn), RunError> {
     let options = EngineOptions {
-        capture_sinks: false,
-        late_sink: config.engine.late_sink.clone(),
-        geofences: config.engine.geofences.clone(),
-        redis_url: config.engine.redis_url.clone(),
         background_compaction: true,
         lane,
+        ..crate::cli::engine_options(config)
     };
     let mut engine = Engine::from_dir(&config.engine.sql_dir, &options).await?;
     let Some((lsn, bytes)) = store.load_latest()? else {

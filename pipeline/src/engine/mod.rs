@@ -604,7 +604,8 @@ impl Engine {
             whole,
             ctx,
             source,
-            sweep,
+            // The sweep feeds per-ping queries only.
+            sweep: sweep.filter(|_| options.lane.per_ping()),
             queries,
             windowed,
             stage_slots,
@@ -989,14 +990,14 @@ impl Engine {
 
     /// Whether the SQL declares a lease sweep table (`connector = 'lease_sweep'`).
     pub fn has_sweep(&self) -> bool {
-        self.sweep.is_some() && self.lane.per_ping()
+        self.sweep.is_some()
     }
 
     /// Feeds the lease sweep: one row per leased device at event time `at_ms`. Queries
     /// reading the sweep table run on it (e.g. the overdue ladder), their output flows on
     /// like any other. Without a sweep table this does nothing.
     pub async fn sweep(&mut self, device_ids: Vec<String>, at_ms: i64) -> Result<(), EngineError> {
-        let Some(sw) = self.sweep.as_ref().filter(|_| self.lane.per_ping()) else {
+        let Some(sw) = &self.sweep else {
             return Ok(());
         };
         let mut pending = Vec::new();
@@ -1041,7 +1042,7 @@ impl Engine {
     /// Redis URL) and feeds the device ids to [`Self::sweep`] at event time `at_ms`.
     /// Returns the number of devices swept (0 without a sweep table).
     pub async fn sweep_leases(&mut self, at_ms: i64) -> Result<usize, EngineError> {
-        let Some(sw) = self.sweep.as_ref().filter(|_| self.lane.per_ping()) else {
+        let Some(sw) = &self.sweep else {
             return Ok(0);
         };
         let devices = list_leases(&sw.url, &sw.key_prefix)
