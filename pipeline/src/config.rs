@@ -48,6 +48,11 @@ pub struct EngineConfig {
     /// together, up to this many pings at once (an entry is never split): every query
     /// runs once per such batch, not once per request.
     pub max_batch_rows: usize,
+    /// `leasewatch run` with `split_lanes`: the same bound for the windowed lane. It
+    /// answers no alert within a second, so it takes larger batches when it is behind: a
+    /// window's partial aggregation then folds more pings of a device into one row, and
+    /// fewer parts wait for compaction.
+    pub windowed_max_batch_rows: usize,
     /// `leasewatch run`: the windowed queries follow the WAL on a thread of their own,
     /// apart from the per-ping rules (`crate::engine::Lane`), so that a window's merge
     /// or emission never holds up a per-ping alert. Off: one engine runs every query.
@@ -64,6 +69,7 @@ impl Default for EngineConfig {
             redis_url: None,
             sweep_interval_secs: 3600,
             max_batch_rows: 8192,
+            windowed_max_batch_rows: 65_536,
             split_lanes: true,
         }
     }
@@ -142,6 +148,9 @@ impl Config {
         }
         if self.engine.max_batch_rows == 0 {
             e.push("engine.max_batch_rows must be at least 1".to_string());
+        }
+        if self.engine.windowed_max_batch_rows == 0 {
+            e.push("engine.windowed_max_batch_rows must be at least 1".to_string());
         }
         if self.engine.checkpoint_interval_secs == 0 {
             e.push("engine.checkpoint_interval_secs must be at least 1".to_string());
@@ -250,12 +259,17 @@ mod tests {
         assert!(e.contains("sql_dirr"), "{e}");
         std::fs::write(
             &f,
-            "[replay]\nbatch_rows = 0\n[engine]\ncheckpoint_interval_secs = 0\nmax_batch_rows = 0\n",
+            "[replay]\nbatch_rows = 0\n[engine]\ncheckpoint_interval_secs = 0\n\
+             max_batch_rows = 0\nwindowed_max_batch_rows = 0\n",
         )
         .unwrap();
         let e = Config::load(Some(&f), vec![]).unwrap_err();
-        assert_eq!(e.0.len(), 3, "{e}");
+        assert_eq!(e.0.len(), 4, "{e}");
         assert!(e.to_string().contains("engine.max_batch_rows"), "{e}");
+        assert!(
+            e.to_string().contains("engine.windowed_max_batch_rows"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -398,11 +398,16 @@ enum LaneCommand {
     Abort,
 }
 
-/// How much lower than the lane with ingest the windowed lane's thread runs (nice): when
-/// both want the cores, a per-ping alert should not wait for a window's merge. Its
-/// compaction and checkpoint threads run lower still, relative to it. A windowed lane
-/// that falls behind only delays windows (and, past `ingest.max_lag_rows`, ingest).
-const WINDOWED_LANE_NICE: i32 = 2;
+/// How much lower than the rest of the process the windowed lane's thread and its
+/// compaction thread run (nice): below ingest ([`INGEST_NICE`]) too, since every ping an
+/// alert is waiting for passes through ingest first. When the cores are busy, a per-ping
+/// alert should wait neither for a window's merge nor for ingest starved by one. Its
+/// checkpoint thread runs lower still, relative to it. A windowed lane that falls behind
+/// only delays windows (and, past `ingest.max_lag_rows`, ingest).
+const WINDOWED_LANE_NICE: i32 = 8;
+
+/// The windowed lane's slot in [`Positions`] (the lane with ingest has slot 0).
+const WINDOWED_SLOT: usize = 1;
 
 /// The windowed lane: an engine running the windowed queries on a thread of its own,
 /// following the WAL apart from the lane with ingest.
@@ -451,14 +456,14 @@ impl WindowedLane {
                         let (engine, consumed) =
                             restored_engine(&config, Lane::Windowed, &wal, &store).await?;
                         register_engine(&metrics, &engine);
-                        positions.kept(1, consumed);
-                        positions.consumed(1, consumed);
+                        positions.kept(WINDOWED_SLOT, consumed);
+                        positions.consumed(WINDOWED_SLOT, consumed);
                         Ok(EngineSide::new(
                             &config,
                             engine,
                             (wal, store),
                             metrics,
-                            (1, positions),
+                            (WINDOWED_SLOT, positions),
                         ))
                     }
                     .await;
@@ -515,10 +520,11 @@ impl WindowedLane {
 
 /// How much lower than the rest of the process the ingest threads run (nice).
 ///
-/// The engine is one thread: every ping goes through it, so when the cores are busy it
-/// sets the throughput. Ingest scales out and is held back anyway once the engine lags
-/// (429/503), so under contention the engine should win. With +5 an ingest thread weighs
-/// about a third of the engine thread in the kernel's scheduler.
+/// The per-ping lane (or the one engine) is one thread: every ping goes through it, so
+/// when the cores are busy it sets the throughput. Ingest scales out and is held back
+/// anyway once the engine lags (429/503), so under contention the engine should win. With
+/// +5 an ingest thread weighs about a third of the engine thread in the kernel's
+/// scheduler, and twice the windowed lane ([`WINDOWED_LANE_NICE`]).
 const INGEST_NICE: i32 = 5;
 
 /// How much lower than the rest of the process the thread writing a periodic checkpoint
@@ -704,7 +710,12 @@ impl EngineSide {
             next_sweep: Instant::now(),
             saved: consumed,
             older: consumed,
-            max_batch_rows: config.engine.max_batch_rows.max(1),
+            max_batch_rows: if lane == WINDOWED_SLOT {
+                config.engine.windowed_max_batch_rows
+            } else {
+                config.engine.max_batch_rows
+            }
+            .max(1),
             writing: None,
         }
     }

@@ -172,6 +172,15 @@ impl Lane {
         (self == Self::Windowed).then_some("windowed")
     }
 
+    /// How much lower than the engine's thread its compaction thread runs (nice).
+    fn compaction_nice(self) -> i32 {
+        if self == Self::Windowed {
+            0
+        } else {
+            COMPACTION_NICE
+        }
+    }
+
     /// Whether it runs the windowed queries.
     fn windows(self) -> bool {
         self != Self::PerPing
@@ -311,7 +320,10 @@ struct Done {
     ms: u128,
 }
 
-/// How much lower than the engine thread the compaction thread runs (nice), as ingest.
+/// How much lower than the engine thread the compaction thread runs (nice), as ingest,
+/// when the engine also runs the per-ping rules. The windowed lane's compactions are
+/// window work like the rest of that lane, which already runs below ingest: its
+/// compaction thread runs at the lane's priority ([`Lane::compaction_nice`]).
 const COMPACTION_NICE: i32 = 5;
 
 /// The thread that runs compactions, one at a time.
@@ -325,7 +337,12 @@ struct Compactor {
 }
 
 impl Compactor {
-    fn spawn(task: Arc<TaskContext>, settle: SettledSpans) -> Result<Self, EngineError> {
+    /// `nice_by`: how much lower than the calling thread the compactions run.
+    fn spawn(
+        task: Arc<TaskContext>,
+        settle: SettledSpans,
+        nice_by: i32,
+    ) -> Result<Self, EngineError> {
         let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
         let (outbox, done) = std::sync::mpsc::channel::<Done>();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -334,12 +351,12 @@ impl Compactor {
         std::thread::Builder::new()
             .name("lw-compaction".into())
             .spawn(move || {
-                // Below the engine thread, as ingest is: a long merge here must not take
-                // the core the batches need. On Linux a nice value is per thread; failing
-                // to set it only costs latency.
+                // Below an engine thread with per-ping rules, as ingest is: a long merge
+                // here must not take the core their batches need. On Linux a nice value is
+                // per thread (inherited from the caller); failing to set it only costs
+                // latency.
                 let nice = rustix::process::getpriority_process(None).unwrap_or(0);
-                if let Err(e) =
-                    rustix::process::setpriority_process(None, (nice + COMPACTION_NICE).min(19))
+                if let Err(e) = rustix::process::setpriority_process(None, (nice + nice_by).min(19))
                 {
                     tracing::debug!(error = %e, "could not lower the compaction thread's priority");
                 }
@@ -595,7 +612,11 @@ impl Engine {
                 .with_session_config(task.session_config().clone().with_batch_size(usize::MAX)),
         );
         let compactor = if options.background_compaction && !windowed.is_empty() {
-            Some(Compactor::spawn(Arc::clone(&whole), settle.clone())?)
+            Some(Compactor::spawn(
+                Arc::clone(&whole),
+                settle.clone(),
+                options.lane.compaction_nice(),
+            )?)
         } else {
             None
         };
