@@ -4,10 +4,14 @@
 //! schema: key, then the value columns), so a hit is read in place ([`LookupCache::peek`])
 //! and the lookup gathers hits with `interleave` instead of decoding their JSON again. Every
 //! row decoded in one batch shares that batch; the batch is freed when the last of its rows
-//! leaves the cache. Rows of one batch are inserted together with the same TTL, so they
-//! also expire together. Misses are cached too ("negative" entries) with their own,
-//! shorter TTL. An expired entry stays until the value fetched again replaces it, or
-//! eviction takes it.
+//! leaves the cache. Misses are cached too ("negative" entries) with their own, shorter
+//! TTL. An expired entry stays until the value fetched again replaces it, or eviction
+//! takes it.
+//!
+//! An entry lives between three quarters of its TTL and the whole of it, by a hash of its
+//! key ([`jittered`]): a fleet's state is fetched within seconds of a start, and with one
+//! lifetime it would expire within the same seconds a TTL later, and again every TTL
+//! after that, each time a burst of fetches and decodes in the way of the pings.
 //!
 //! Eviction is oldest-inserted first: every entry expires after its TTL anyway, so the
 //! insertion order is the age order, and a FIFO needs no bookkeeping on the read path.
@@ -93,11 +97,14 @@ impl LookupCache {
         if !self.enabled() {
             return;
         }
-        let ttl = if value.is_some() {
-            self.ttl
-        } else {
-            self.negative_ttl
-        };
+        let ttl = jittered(
+            if value.is_some() {
+                self.ttl
+            } else {
+                self.negative_ttl
+            },
+            key,
+        );
         if ttl.is_zero() {
             self.remove(key);
             return;
@@ -166,6 +173,18 @@ impl LookupCache {
     }
 }
 
+/// `ttl` less up to a quarter of it, by a hash of `key` (FNV-1a, then a multiply to mix
+/// the high bits): keys fetched together expire spread over that quarter, and a key's
+/// lifetime is the same every time it is fetched.
+fn jittered(ttl: Duration, key: &str) -> Duration {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let frac = (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as u32; // 24 bits
+    ttl - (ttl / 4).mul_f64(f64::from(frac) / f64::from(1u32 << 24))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -224,6 +243,41 @@ mod tests {
         c.insert("a", Some(row(&b2, 0, 8)), t2);
         assert_eq!(c.peek("a", t2), Some(Some(&row(&b2, 0, 8))));
         assert_eq!(c.bytes(), bytes);
+    }
+
+    #[test]
+    fn keys_fetched_together_expire_spread_over_the_last_quarter_of_the_ttl() {
+        let ttl = Duration::from_secs(60);
+        let lives: Vec<Duration> = (0..10_000)
+            .map(|i| jittered(ttl, &format!("lw:lease:{i:015}")))
+            .collect();
+        assert!(lives.iter().all(|l| *l > ttl * 3 / 4 && *l <= ttl));
+        // Every 1.5 s of the 15 s holds about a tenth of the expiries.
+        let mut tenths = [0usize; 10];
+        for l in &lives {
+            let into = (*l - ttl * 3 / 4).as_secs_f64() / (ttl / 4).as_secs_f64();
+            tenths[((into * 10.0) as usize).min(9)] += 1;
+        }
+        assert!(
+            tenths.iter().all(|&n| (800..1_200).contains(&n)),
+            "{tenths:?}"
+        );
+        assert_eq!(
+            jittered(ttl, "k"),
+            jittered(ttl, "k"),
+            "the same key, the same life"
+        );
+
+        let mut c = LookupCache::new(&cfg(1 << 20, 100));
+        let t0 = Instant::now();
+        let b = batch(2);
+        c.insert("a", Some(row(&b, 0, 8)), t0);
+        c.insert("b", Some(row(&b, 1, 8)), t0);
+        for k in ["a", "b"] {
+            let life = jittered(Duration::from_millis(1_000), k);
+            assert!(c.peek(k, t0 + life - Duration::from_millis(1)).is_some());
+            assert_eq!(c.peek(k, t0 + life), None);
+        }
     }
 
     #[test]
