@@ -4,8 +4,8 @@
 //! follow the WAL, each on a thread of its own ([`Lane`]): the per-ping lane (per-ping
 //! rules, the lease sweep, late pings, and the grading of their signals) on the thread
 //! that runs `run`, and the windowed lane (the windows and the grading of their signals)
-//! on a thread at a lower priority. A window's merge or emission takes seconds at times;
-//! in one engine every per-ping alert waited for it. Each lane reads every WAL entry,
+//! on a thread below ingest's priority. A window's merge or emission takes seconds at
+//! times; in one engine every per-ping alert waited for it. Each lane reads every WAL entry,
 //! has its own consumed lsn and its own checkpoints (`<wal.dir>/checkpoints`,
 //! `<wal.dir>/checkpoints-windowed`); ingest's backpressure goes by the lane furthest
 //! behind, and the WAL keeps every entry either lane's kept checkpoints may replay

@@ -225,6 +225,73 @@ async fn one_mget_per_batch_and_none_when_cached() {
     assert_eq!((s.round_trips, s.keys_fetched), (4, 8));
 }
 
+/// Values come due for a refresh before they expire (5/8 to 7/8 of the TTL, by key) and
+/// are still served: they are fetched again with the next misses, or once a batch holds
+/// `REFRESH_AT_ONCE` of them, never one round trip per batch.
+#[tokio::test]
+async fn values_due_are_refreshed_with_misses_or_many_at_once_and_served_meanwhile() {
+    let server = RedisServer::start();
+    let keys = Keys::new("t9:lw:");
+    let devices: Vec<String> = (0..2_000).map(|i| format!("d{i:04}")).collect();
+    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
+    put_leases(&server, &keys, &names);
+    let mut cfg = LookupConfig::new(server.url(), keys.lease_prefix());
+    cfg.cache = CacheConfig {
+        ttl_ms: 4_000,
+        negative_ttl_ms: 1_000,
+        ..CacheConfig::default()
+    };
+    let l = RedisLookup::new(cfg, lease_schema()).unwrap();
+    let all = StringArray::from(names.clone());
+    let loaded = Instant::now();
+    l.lookup(&all).await.unwrap();
+    assert_eq!(l.stats().snapshot().round_trips, 1);
+
+    // Changed in Redis; every value comes due by 3.5 s and expires at 4 s.
+    let mut changed = lease("d0000");
+    changed.lease_id = "L-changed".into();
+    let _: () = redis::cmd("SET")
+        .arg(keys.lease("d0000"))
+        .arg(serde_json::to_string(&changed).unwrap())
+        .query(&mut server.conn())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(3_600).saturating_sub(loaded.elapsed())).await;
+
+    // Due values alone, fewer than REFRESH_AT_ONCE: served as they are, no round trip.
+    let few = StringArray::from(names[..100].to_vec());
+    let out = l.lookup(&few).await.unwrap();
+    assert_eq!(lease_ids(&out)[0].as_deref(), Some("L-d0000"));
+    assert_eq!(l.stats().snapshot().round_trips, 1);
+
+    // With a miss, the due values of the batch go in the same MGET.
+    let mut with_miss = names[..10].to_vec();
+    with_miss.push("unknown");
+    let out = l.lookup(&StringArray::from(with_miss)).await.unwrap();
+    assert_eq!(lease_ids(&out)[0].as_deref(), Some("L-changed"));
+    let s = l.stats().snapshot();
+    assert_eq!(
+        (s.round_trips, s.keys_fetched, s.cache_misses),
+        (2, 2_011, 2_001)
+    );
+
+    // Enough of them due: one MGET of every due value of the batch, no miss counted.
+    let out = l.lookup(&all).await.unwrap();
+    assert_eq!(out.num_rows(), 2_000);
+    let s = l.stats().snapshot();
+    assert_eq!(
+        (s.round_trips, s.keys_fetched, s.cache_misses),
+        (3, 4_001, 2_001)
+    );
+    assert!(
+        loaded.elapsed() < Duration::from_millis(4_000),
+        "the refreshes must come before the values expire for this test to mean anything"
+    );
+    // Refreshed, nothing is due any more.
+    l.lookup(&all).await.unwrap();
+    assert_eq!(l.stats().snapshot().round_trips, 3);
+    assert_eq!(mget_calls(&server), 3);
+}
+
 #[tokio::test]
 async fn redis_killed_and_restarted_mid_run_the_call_waits_then_succeeds() {
     let mut server = RedisServer::start();

@@ -8,11 +8,15 @@
 //! TTL. An expired entry stays until the value fetched again replaces it, or eviction
 //! takes it.
 //!
-//! An entry lives between three quarters of its TTL and the whole of it, by a hash of its
-//! key ([`jittered`]): a fleet's state is fetched within seconds of a start, and with one
-//! lifetime it would expire within the same seconds a TTL later, and again every TTL
-//! after that, each time a burst of fetches and decodes in the way of the pings.
-//!
+//! A found value is due for a refresh before it expires: between five and seven eighths
+//! of its TTL, by a hash of its key ([`refresh_after`]). A due value is still served; the
+//! lookup fetches it again with the next misses, or once a batch holds
+//! [`REFRESH_AT_ONCE`] due keys. A fleet's state is fetched within seconds of a start: with
+//! one lifetime and nothing ahead of it, all of it expired within the same seconds a TTL
+//! later, and again every TTL after that, each time a burst of fetches and decodes in the
+//! way of the pings. Spread and coalesced, the same fetches come a few round trips a
+//! second, never one per batch.
+
 //! Eviction is oldest-inserted first: every entry expires after its TTL anyway, so the
 //! insertion order is the age order, and a FIFO needs no bookkeeping on the read path.
 
@@ -44,9 +48,14 @@ impl PartialEq for CachedRow {
 
 impl Eq for CachedRow {}
 
+/// Due keys a batch fetches again by themselves (with misses, any number goes).
+pub const REFRESH_AT_ONCE: usize = 1024;
+
 #[derive(Debug)]
 struct Entry {
     value: Option<CachedRow>,
+    /// When a found value is due for a refresh (see the module docs).
+    refresh: Instant,
     expires: Instant,
     seq: u64,
     size: usize,
@@ -88,8 +97,13 @@ impl LookupCache {
     /// `Some(None)` known missing, `None` not cached. An expired entry reads as not
     /// cached and stays until the value fetched again replaces it.
     pub fn peek(&self, key: &str, now: Instant) -> Option<Option<&CachedRow>> {
+        self.probe(key, now).map(|(value, _)| value)
+    }
+
+    /// [`Self::peek`], and whether the value is due for a refresh.
+    pub fn probe(&self, key: &str, now: Instant) -> Option<(Option<&CachedRow>, bool)> {
         let entry = self.map.get(key)?;
-        (entry.expires > now).then_some(entry.value.as_ref())
+        (entry.expires > now).then_some((entry.value.as_ref(), entry.refresh <= now))
     }
 
     /// Caches `value` (`None`: a miss) for `key` from `now`.
@@ -97,14 +111,11 @@ impl LookupCache {
         if !self.enabled() {
             return;
         }
-        let ttl = jittered(
-            if value.is_some() {
-                self.ttl
-            } else {
-                self.negative_ttl
-            },
-            key,
-        );
+        let ttl = if value.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        };
         if ttl.is_zero() {
             self.remove(key);
             return;
@@ -114,12 +125,19 @@ impl LookupCache {
             self.remove(key);
             return;
         }
+        // A miss is not refreshed ahead: it is cheap to ask again, and rarely asked.
+        let refresh = if value.is_some() {
+            refresh_after(ttl, key)
+        } else {
+            ttl
+        };
         self.remove(key);
         self.seq += 1;
         let k: Arc<str> = Arc::from(key);
         self.map.insert(
             Arc::clone(&k),
             Entry {
+                refresh: now + refresh,
                 value,
                 expires: now + ttl,
                 seq: self.seq,
@@ -173,16 +191,17 @@ impl LookupCache {
     }
 }
 
-/// `ttl` less up to a quarter of it, by a hash of `key` (FNV-1a, then a multiply to mix
-/// the high bits): keys fetched together expire spread over that quarter, and a key's
-/// lifetime is the same every time it is fetched.
-fn jittered(ttl: Duration, key: &str) -> Duration {
+/// When a value cached for `ttl` is due for a refresh: between five and seven eighths of
+/// `ttl`, by a hash of `key` (FNV-1a, then a multiply to mix the high bits). Keys fetched
+/// together come due spread over a quarter of the TTL, and a key's refresh comes at the
+/// same point of every life.
+fn refresh_after(ttl: Duration, key: &str) -> Duration {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.bytes() {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     let frac = (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as u32; // 24 bits
-    ttl - (ttl / 4).mul_f64(f64::from(frac) / f64::from(1u32 << 24))
+    ttl * 5 / 8 + (ttl / 4).mul_f64(f64::from(frac) / f64::from(1u32 << 24))
 }
 
 #[cfg(test)]
@@ -246,38 +265,44 @@ mod tests {
     }
 
     #[test]
-    fn keys_fetched_together_expire_spread_over_the_last_quarter_of_the_ttl() {
+    fn found_values_come_due_spread_over_a_quarter_of_the_ttl_and_stay_served() {
         let ttl = Duration::from_secs(60);
-        let lives: Vec<Duration> = (0..10_000)
-            .map(|i| jittered(ttl, &format!("lw:lease:{i:015}")))
+        let due: Vec<Duration> = (0..10_000)
+            .map(|i| refresh_after(ttl, &format!("lw:lease:{i:015}")))
             .collect();
-        assert!(lives.iter().all(|l| *l > ttl * 3 / 4 && *l <= ttl));
-        // Every 1.5 s of the 15 s holds about a tenth of the expiries.
+        assert!(due.iter().all(|d| *d >= ttl * 5 / 8 && *d < ttl * 7 / 8));
+        // Every 1.5 s of the 15 s holds about a tenth of them.
         let mut tenths = [0usize; 10];
-        for l in &lives {
-            let into = (*l - ttl * 3 / 4).as_secs_f64() / (ttl / 4).as_secs_f64();
+        for d in &due {
+            let into = (*d - ttl * 5 / 8).as_secs_f64() / (ttl / 4).as_secs_f64();
             tenths[((into * 10.0) as usize).min(9)] += 1;
         }
         assert!(
             tenths.iter().all(|&n| (800..1_200).contains(&n)),
             "{tenths:?}"
         );
-        assert_eq!(
-            jittered(ttl, "k"),
-            jittered(ttl, "k"),
-            "the same key, the same life"
-        );
+        assert_eq!(refresh_after(ttl, "k"), refresh_after(ttl, "k"));
 
         let mut c = LookupCache::new(&cfg(1 << 20, 100));
         let t0 = Instant::now();
-        let b = batch(2);
+        let b = batch(1);
         c.insert("a", Some(row(&b, 0, 8)), t0);
-        c.insert("b", Some(row(&b, 1, 8)), t0);
-        for k in ["a", "b"] {
-            let life = jittered(Duration::from_millis(1_000), k);
-            assert!(c.peek(k, t0 + life - Duration::from_millis(1)).is_some());
-            assert_eq!(c.peek(k, t0 + life), None);
-        }
+        c.insert("gone", None, t0);
+        let at = t0 + refresh_after(Duration::from_millis(1_000), "a");
+        let tick = Duration::from_millis(1);
+        assert_eq!(c.probe("a", at - tick), Some((Some(&row(&b, 0, 8)), false)));
+        assert_eq!(c.probe("a", at), Some((Some(&row(&b, 0, 8)), true)));
+        let expires = t0 + Duration::from_millis(1_000);
+        assert_eq!(
+            c.probe("a", expires - tick),
+            Some((Some(&row(&b, 0, 8)), true))
+        );
+        assert_eq!(c.probe("a", expires), None, "expired at its TTL");
+        // A miss is never due: it expires at its own TTL (100 ms here).
+        assert_eq!(
+            c.probe("gone", t0 + Duration::from_millis(99)),
+            Some((None, false))
+        );
     }
 
     #[test]

@@ -40,12 +40,12 @@ pub struct CacheConfig {
     pub max_bytes: usize,
     /// Upper bound of the number of cached keys.
     pub max_entries: usize,
-    /// How long a found value is served from the cache, ms (Arroyo's `lookup.cache.ttl`),
-    /// at most: each key lives between three quarters of it and all of it, so that keys
-    /// fetched together are not fetched again together.
+    /// How long a found value is served from the cache, ms (Arroyo's `lookup.cache.ttl`).
+    /// It is fetched again ahead of that, from five eighths of it on (see
+    /// [`super::cache`]), so that keys fetched together do not expire together.
     pub ttl_ms: u64,
-    /// How long a miss (no such key, or a malformed value) is served from the cache, ms,
-    /// at most (as `ttl_ms`); shorter, so newly loaded state shows up soon.
+    /// How long a miss (no such key, or a malformed value) is served from the cache, ms;
+    /// shorter, so newly loaded state shows up soon.
     pub negative_ttl_ms: u64,
 }
 

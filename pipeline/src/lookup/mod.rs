@@ -7,7 +7,8 @@
 //! 2. what the bounded TTL cache ([`cache`]) knows is served from it, misses included: a
 //!    hit is an already decoded row, never JSON to parse again;
 //! 3. the rest is fetched with **one** `MGET {key_prefix}{key} ...` round trip (none when
-//!    everything was cached);
+//!    everything was cached), together with the cached values due for a refresh when
+//!    there is a round trip anyway or enough of them are due (see [`cache`]);
 //! 4. the fetched JSON values are decoded with arrow-json into the lookup table's Arrow
 //!    schema (e.g. [`leasewatch_schemas::lease_schema`]), one decoder for all of them, and
 //!    the decoded rows are cached.
@@ -81,7 +82,8 @@ pub struct LookupStats {
     pub batches: AtomicU64,
     /// Round trips to Redis (`MGET`s sent, retries not counted).
     pub round_trips: AtomicU64,
-    /// Keys sent in `MGET`s.
+    /// Keys sent in `MGET`s: the cache's misses, and values it refreshed ahead of their
+    /// expiry.
     pub keys_fetched: AtomicU64,
     /// Keys fetched that had a value.
     pub keys_found: AtomicU64,
@@ -388,20 +390,24 @@ impl RedisLookup {
         let mut sources: Vec<Arc<RecordBatch>> = Vec::new();
         let mut found: Vec<Option<(usize, u32)>> = vec![None; distinct.len()];
         let mut misses: Vec<u32> = Vec::new();
+        let mut due: Vec<u32> = Vec::new();
         {
             let mut source_of: HashMap<*const RecordBatch, usize, foldhash::fast::RandomState> =
                 HashMap::default();
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             for (i, k) in distinct.iter().enumerate() {
-                match cache.peek(k, now) {
-                    Some(Some(r)) => {
+                match cache.probe(k, now) {
+                    Some((Some(r), refresh)) => {
                         let source = *source_of.entry(Arc::as_ptr(&r.batch)).or_insert_with(|| {
                             sources.push(Arc::clone(&r.batch));
                             sources.len() - 1
                         });
                         found[i] = Some((source, r.row));
+                        if refresh {
+                            due.push(i as u32);
+                        }
                     }
-                    Some(None) => {}
+                    Some((None, _)) => {}
                     None => misses.push(i as u32),
                 }
             }
@@ -412,15 +418,19 @@ impl RedisLookup {
             .cache_misses
             .fetch_add(misses.len() as u64, Ordering::Relaxed);
 
-        // 3. one MGET for the misses, 4. one decode for what it returned, 5. cached
-        if !misses.is_empty() {
-            let (batch, decoded_row) = self.fetch_and_decode(&distinct, &misses, now).await?;
+        // 3. one MGET for the misses and the values due for a refresh (with misses, or
+        // enough of them: see `cache`), 4. one decode for what it returned, 5. cached.
+        // A refreshed value replaces the cached one in this batch's rows too.
+        let mut fetch = misses;
+        if !fetch.is_empty() || due.len() >= cache::REFRESH_AT_ONCE {
+            fetch.append(&mut due);
+        }
+        if !fetch.is_empty() {
+            let (batch, decoded_row) = self.fetch_and_decode(&distinct, &fetch, now).await?;
             let source = sources.len();
             sources.push(batch);
-            for (&i, r) in misses.iter().zip(&decoded_row) {
-                if let Some(r) = r {
-                    found[i as usize] = Some((source, *r));
-                }
+            for (&i, r) in fetch.iter().zip(&decoded_row) {
+                found[i as usize] = r.map(|r| (source, r));
             }
         }
 
@@ -459,9 +469,9 @@ impl RedisLookup {
         ))
     }
 
-    /// Fetches `distinct[misses]` with one `MGET`, decodes the values into one batch of the
-    /// state schema and caches each key's row (or its absence). Returns the batch and,
-    /// per miss, its row there (`None`: absent or malformed).
+    /// Fetches `distinct[misses]` (misses and refreshes) with one `MGET`, decodes the values
+    /// into one batch of the state schema and caches each key's row (or its absence).
+    /// Returns the batch and, per key fetched, its row there (`None`: absent or malformed).
     async fn fetch_and_decode(
         &self,
         distinct: &[&str],
