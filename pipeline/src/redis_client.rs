@@ -243,8 +243,20 @@ impl RedisConn {
         what: &'static str,
         counters: &RetryCounters,
     ) -> Result<T, RedisError> {
-        let start = Instant::now();
         let give_up = Duration::from_millis(self.config.give_up_after_ms);
+        self.query_within(req, what, counters, give_up).await
+    }
+
+    /// [`Self::query`], giving up once retrying would take longer than `give_up` (zero:
+    /// one attempt, for a request that can do without an answer).
+    pub async fn query_within<T: FromRedisValue>(
+        &self,
+        req: Request<'_>,
+        what: &'static str,
+        counters: &RetryCounters,
+        give_up: Duration,
+    ) -> Result<T, RedisError> {
+        let start = Instant::now();
         let mut backoff = Duration::from_millis(self.config.backoff_initial_ms.max(1));
         let backoff_max = Duration::from_millis(self.config.backoff_max_ms.max(1));
         let mut attempts: u32 = 0;
@@ -290,7 +302,11 @@ impl RedisConn {
             self.drop_connection().await;
             let waited = start.elapsed();
             if waited + backoff > give_up {
-                tracing::error!(addr = %self.addr, request = what, attempts, error = %err, "redis unavailable, giving up");
+                if give_up.is_zero() {
+                    tracing::debug!(addr = %self.addr, request = what, error = %err, "redis unavailable, not retried");
+                } else {
+                    tracing::error!(addr = %self.addr, request = what, attempts, error = %err, "redis unavailable, giving up");
+                }
                 return Err(RedisError::Unavailable {
                     addr: self.addr.clone(),
                     waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),

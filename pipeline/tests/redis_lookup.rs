@@ -292,6 +292,50 @@ async fn values_due_are_refreshed_with_misses_or_many_at_once_and_served_meanwhi
     assert_eq!(mget_calls(&server), 3);
 }
 
+/// A refresh alone is tried once: with Redis gone, the values due (not expired) are served
+/// at once instead of the batch waiting out the outage, and no refresh is tried again for
+/// a second.
+#[tokio::test]
+async fn a_refresh_redis_does_not_answer_serves_the_cached_values_at_once() {
+    let mut server = RedisServer::start();
+    let keys = Keys::new("t10:lw:");
+    let devices: Vec<String> = (0..1_500).map(|i| format!("d{i:04}")).collect();
+    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
+    put_leases(&server, &keys, &names);
+    let mut cfg = LookupConfig::new(server.url(), keys.lease_prefix());
+    cfg.redis.give_up_after_ms = 30_000;
+    cfg.cache = CacheConfig {
+        ttl_ms: 4_000,
+        negative_ttl_ms: 1_000,
+        ..CacheConfig::default()
+    };
+    let l = RedisLookup::new(cfg, lease_schema()).unwrap();
+    let all = StringArray::from(names.clone());
+    let loaded = Instant::now();
+    l.lookup(&all).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3_600).saturating_sub(loaded.elapsed())).await;
+    server.kill();
+
+    let started = Instant::now();
+    let out = l.lookup(&all).await.unwrap();
+    assert_eq!(lease_ids(&out)[0].as_deref(), Some("L-d0000"));
+    assert_eq!(out.num_rows(), 1_500);
+    let errors = l.stats().snapshot().errors;
+    assert!(errors >= 1, "the refresh was tried: {errors} errors");
+    // Paused: served again without trying.
+    l.lookup(&all).await.unwrap();
+    assert_eq!(l.stats().snapshot().errors, errors);
+    assert!(
+        started.elapsed() < Duration::from_millis(2_000),
+        "served at once, not after the outage: {:?}",
+        started.elapsed()
+    );
+    assert!(
+        loaded.elapsed() < Duration::from_millis(4_000),
+        "still within the TTL"
+    );
+}
+
 #[tokio::test]
 async fn redis_killed_and_restarted_mid_run_the_call_waits_then_succeeds() {
     let mut server = RedisServer::start();

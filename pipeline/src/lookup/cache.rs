@@ -11,7 +11,8 @@
 //! A found value is due for a refresh before it expires: between five and seven eighths
 //! of its TTL, by a hash of its key ([`refresh_after`]). A due value is still served; the
 //! lookup fetches it again with the next misses, or once a batch holds
-//! [`REFRESH_AT_ONCE`] due keys. A fleet's state is fetched within seconds of a start: with
+//! [`REFRESH_AT_ONCE`] due keys (a refresh alone is tried once: while Redis is away, the
+//! values are served until they expire). A fleet's state is fetched within seconds of a start: with
 //! one lifetime and nothing ahead of it, all of it expired within the same seconds a TTL
 //! later, and again every TTL after that, each time a burst of fetches and decodes in the
 //! way of the pings. Spread and coalesced, the same fetches come a few round trips a

@@ -278,7 +278,13 @@ pub struct RedisLookup {
     state_schema: SchemaRef,
     cache: Mutex<LookupCache>,
     stats: Arc<LookupStats>,
+    /// After a refresh that Redis did not answer, none is tried before this.
+    refresh_paused_until: Mutex<Option<Instant>>,
 }
+
+/// How long refreshes wait after one that Redis did not answer: the values due are
+/// served meanwhile (they have not expired), and each try may cost a connect timeout.
+const REFRESH_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `schema` with every top-level field nullable.
 fn nullable(schema: &Schema) -> Vec<Field> {
@@ -308,6 +314,7 @@ impl RedisLookup {
             aligned_schema,
             state_schema,
             stats: Arc::new(LookupStats::default()),
+            refresh_paused_until: Mutex::new(None),
         })
     }
 
@@ -421,12 +428,32 @@ impl RedisLookup {
         // 3. one MGET for the misses and the values due for a refresh (with misses, or
         // enough of them: see `cache`), 4. one decode for what it returned, 5. cached.
         // A refreshed value replaces the cached one in this batch's rows too.
+        // A refresh alone is tried once: while Redis is away, the values due are served
+        // as they are (they have not expired), and the batch goes on.
+        let refresh_only = misses.is_empty();
         let mut fetch = misses;
-        if !fetch.is_empty() || due.len() >= cache::REFRESH_AT_ONCE {
+        if !refresh_only || (due.len() >= cache::REFRESH_AT_ONCE && self.may_refresh(now)) {
             fetch.append(&mut due);
         }
-        if !fetch.is_empty() {
-            let (batch, decoded_row) = self.fetch_and_decode(&distinct, &fetch, now).await?;
+        let fetched = if fetch.is_empty() {
+            None
+        } else if refresh_only {
+            match self.fetch_and_decode(&distinct, &fetch, now, false).await {
+                Ok(f) => Some(f),
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(error = %e, keys = fetch.len(), "lookup refresh failed; serving the cached values, which have not expired");
+                    *self
+                        .refresh_paused_until
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(now + REFRESH_PAUSE);
+                    None
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            Some(self.fetch_and_decode(&distinct, &fetch, now, true).await?)
+        };
+        if let Some((batch, decoded_row)) = fetched {
             let source = sources.len();
             sources.push(batch);
             for (&i, r) in fetch.iter().zip(&decoded_row) {
@@ -469,16 +496,29 @@ impl RedisLookup {
         ))
     }
 
+    /// Whether a refresh alone may be tried at `now` (none since one failed, for
+    /// [`REFRESH_PAUSE`]).
+    fn may_refresh(&self, now: Instant) -> bool {
+        let paused = self
+            .refresh_paused_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        paused.is_none_or(|until| now >= until)
+    }
+
     /// Fetches `distinct[misses]` (misses and refreshes) with one `MGET`, decodes the values
     /// into one batch of the state schema and caches each key's row (or its absence).
     /// Returns the batch and, per key fetched, its row there (`None`: absent or malformed).
+    /// `patient`: retry while Redis is unreachable (see [`crate::redis_client`]); else one
+    /// attempt.
     async fn fetch_and_decode(
         &self,
         distinct: &[&str],
         misses: &[u32],
         now: Instant,
+        patient: bool,
     ) -> Result<(Arc<RecordBatch>, Vec<Option<u32>>), LookupError> {
-        let values = self.fetch(distinct, misses).await?;
+        let values = self.fetch(distinct, misses, patient).await?;
         let (decoded, decoded_row, malformed) =
             decode_values(&self.value_schema, &values).map_err(LookupError::Internal)?;
         for (j, reason) in &malformed {
@@ -530,6 +570,7 @@ impl RedisLookup {
         &self,
         distinct: &[&str],
         misses: &[u32],
+        patient: bool,
     ) -> Result<Vec<Option<Bytes>>, LookupError> {
         let prefix = &self.config.key_prefix;
         let mut cmd = redis::cmd("MGET");
@@ -544,10 +585,20 @@ impl RedisLookup {
         self.stats
             .keys_fetched
             .fetch_add(misses.len() as u64, Ordering::Relaxed);
-        let reply: Vec<redis::Value> = self
-            .conn
-            .query(Request::Cmd(&cmd), "MGET", &self.stats.redis)
-            .await?;
+        let reply: Vec<redis::Value> = if patient {
+            self.conn
+                .query(Request::Cmd(&cmd), "MGET", &self.stats.redis)
+                .await?
+        } else {
+            self.conn
+                .query_within(
+                    Request::Cmd(&cmd),
+                    "MGET",
+                    &self.stats.redis,
+                    std::time::Duration::ZERO,
+                )
+                .await?
+        };
         if reply.len() != misses.len() {
             return Err(LookupError::Redis(RedisError::Internal(format!(
                 "MGET of {} keys returned {} values",
