@@ -5,8 +5,8 @@
 //! rules, the lease sweep, late pings, and the grading of their signals) on the thread
 //! that runs `run`, and the windowed lane (the windows and the grading of their signals)
 //! on a thread below ingest's priority. A window's merge or emission takes seconds at
-//! times; in one engine every per-ping alert waited for it. Each lane reads every WAL entry,
-//! has its own consumed lsn and its own checkpoints (`<wal.dir>/checkpoints`,
+//! times; in one engine every per-ping alert waited for it. Each lane reads every WAL
+//! entry, has its own consumed lsn and its own checkpoints (`<wal.dir>/checkpoints`,
 //! `<wal.dir>/checkpoints-windowed`); ingest's backpressure goes by the lane furthest
 //! behind, and the WAL keeps every entry either lane's kept checkpoints may replay
 //! ([`Positions`]). Without the split, one engine runs every query on this thread.
@@ -403,7 +403,7 @@ enum LaneCommand {
 /// alert is waiting for passes through ingest first. When the cores are busy, a per-ping
 /// alert should wait neither for a window's merge nor for ingest starved by one. Its
 /// checkpoint thread runs lower still, relative to it. A windowed lane that falls behind
-/// only delays windows (and, past `ingest.max_lag_rows`, ingest).
+/// only delays windows (and, past `ingest.max_lag_batches` or `max_lag_rows`, ingest).
 const WINDOWED_LANE_NICE: i32 = 8;
 
 /// The windowed lane's slot in [`Positions`] (the lane with ingest has slot 0).
