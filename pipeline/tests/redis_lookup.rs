@@ -225,6 +225,35 @@ async fn one_mget_per_batch_and_none_when_cached() {
     assert_eq!((s.round_trips, s.keys_fetched), (4, 8));
 }
 
+/// `n` leases (`d0000`, ...) in Redis and a lookup (patient for 30 s) whose cache, TTL
+/// 4 s, took all of them at the returned instant: every value comes due by 3.5 s and
+/// expires at 4 s ([`until_all_due`]).
+async fn cached_fleet(
+    server: &RedisServer,
+    keys: &Keys,
+    n: usize,
+) -> (RedisLookup, Vec<String>, Instant) {
+    let devices: Vec<String> = (0..n).map(|i| format!("d{i:04}")).collect();
+    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
+    put_leases(server, keys, &names);
+    let mut cfg = LookupConfig::new(server.url(), keys.lease_prefix());
+    cfg.redis.give_up_after_ms = 30_000;
+    cfg.cache = CacheConfig {
+        ttl_ms: 4_000,
+        negative_ttl_ms: 1_000,
+        ..CacheConfig::default()
+    };
+    let l = RedisLookup::new(cfg, lease_schema()).unwrap();
+    let loaded = Instant::now();
+    l.lookup(&StringArray::from(names)).await.unwrap();
+    (l, devices, loaded)
+}
+
+/// Sleeps until every value [`cached_fleet`] cached at `loaded` is due, none expired.
+async fn until_all_due(loaded: Instant) {
+    tokio::time::sleep(Duration::from_millis(3_600).saturating_sub(loaded.elapsed())).await;
+}
+
 /// Values come due for a refresh before they expire (5/8 to 7/8 of the TTL, by key) and
 /// are still served: they are fetched again with the next misses, or once a batch holds
 /// `REFRESH_AT_ONCE` of them, never one round trip per batch.
@@ -232,19 +261,9 @@ async fn one_mget_per_batch_and_none_when_cached() {
 async fn values_due_are_refreshed_with_misses_or_many_at_once_and_served_meanwhile() {
     let server = RedisServer::start();
     let keys = Keys::new("t9:lw:");
-    let devices: Vec<String> = (0..2_000).map(|i| format!("d{i:04}")).collect();
+    let (l, devices, loaded) = cached_fleet(&server, &keys, 2_000).await;
     let names: Vec<&str> = devices.iter().map(String::as_str).collect();
-    put_leases(&server, &keys, &names);
-    let mut cfg = LookupConfig::new(server.url(), keys.lease_prefix());
-    cfg.cache = CacheConfig {
-        ttl_ms: 4_000,
-        negative_ttl_ms: 1_000,
-        ..CacheConfig::default()
-    };
-    let l = RedisLookup::new(cfg, lease_schema()).unwrap();
     let all = StringArray::from(names.clone());
-    let loaded = Instant::now();
-    l.lookup(&all).await.unwrap();
     assert_eq!(l.stats().snapshot().round_trips, 1);
 
     // Changed in Redis; every value comes due by 3.5 s and expires at 4 s.
@@ -255,7 +274,7 @@ async fn values_due_are_refreshed_with_misses_or_many_at_once_and_served_meanwhi
         .arg(serde_json::to_string(&changed).unwrap())
         .query(&mut server.conn())
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(3_600).saturating_sub(loaded.elapsed())).await;
+    until_all_due(loaded).await;
 
     // Due values alone, fewer than REFRESH_AT_ONCE: served as they are, no round trip.
     let few = StringArray::from(names[..100].to_vec());
@@ -299,21 +318,9 @@ async fn values_due_are_refreshed_with_misses_or_many_at_once_and_served_meanwhi
 async fn a_refresh_redis_does_not_answer_serves_the_cached_values_at_once() {
     let mut server = RedisServer::start();
     let keys = Keys::new("t10:lw:");
-    let devices: Vec<String> = (0..1_500).map(|i| format!("d{i:04}")).collect();
-    let names: Vec<&str> = devices.iter().map(String::as_str).collect();
-    put_leases(&server, &keys, &names);
-    let mut cfg = LookupConfig::new(server.url(), keys.lease_prefix());
-    cfg.redis.give_up_after_ms = 30_000;
-    cfg.cache = CacheConfig {
-        ttl_ms: 4_000,
-        negative_ttl_ms: 1_000,
-        ..CacheConfig::default()
-    };
-    let l = RedisLookup::new(cfg, lease_schema()).unwrap();
-    let all = StringArray::from(names.clone());
-    let loaded = Instant::now();
-    l.lookup(&all).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(3_600).saturating_sub(loaded.elapsed())).await;
+    let (l, devices, loaded) = cached_fleet(&server, &keys, 1_500).await;
+    let all = StringArray::from(devices);
+    until_all_due(loaded).await;
     server.kill();
 
     let started = Instant::now();

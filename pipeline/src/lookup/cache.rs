@@ -1,7 +1,7 @@
 //! A TTL cache of decoded lookup rows, bounded by bytes and entries.
 //!
 //! A value is kept as the row of the Arrow batch it was decoded into (the lookup's state
-//! schema: key, then the value columns), so a hit is read in place ([`LookupCache::peek`])
+//! schema: key, then the value columns), so a hit is read in place ([`LookupCache::probe`])
 //! and the lookup gathers hits with `interleave` instead of decoding their JSON again. Every
 //! row decoded in one batch shares that batch; the batch is freed when the last of its rows
 //! leaves the cache. Misses are cached too ("negative" entries) with their own, shorter
@@ -9,7 +9,7 @@
 //! takes it.
 //!
 //! A found value is due for a refresh before it expires: between five and seven eighths
-//! of its TTL, by a hash of its key ([`refresh_after`]). A due value is still served; the
+//! of its TTL, by a hash of its key (`refresh_after`). A due value is still served; the
 //! lookup fetches it again with the next misses, or once a batch holds
 //! [`REFRESH_AT_ONCE`] due keys (a refresh alone is tried once: while Redis is away, the
 //! values are served until they expire). A fleet's state is fetched within seconds of a start: with
@@ -95,13 +95,9 @@ impl LookupCache {
     }
 
     /// What the cache holds for `key` at `now`, without a copy: `Some(Some(row))` found,
-    /// `Some(None)` known missing, `None` not cached. An expired entry reads as not
-    /// cached and stays until the value fetched again replaces it.
-    pub fn peek(&self, key: &str, now: Instant) -> Option<Option<&CachedRow>> {
-        self.probe(key, now).map(|(value, _)| value)
-    }
-
-    /// [`Self::peek`], and whether the value is due for a refresh.
+    /// `Some(None)` known missing, `None` not cached; and whether a found value is due for
+    /// a refresh. An expired entry reads as not cached and stays until the value fetched
+    /// again replaces it.
     pub fn probe(&self, key: &str, now: Instant) -> Option<(Option<&CachedRow>, bool)> {
         let entry = self.map.get(key)?;
         (entry.expires > now).then_some((entry.value.as_ref(), entry.refresh <= now))
@@ -209,6 +205,13 @@ fn refresh_after(ttl: Duration, key: &str) -> Duration {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    impl LookupCache {
+        /// [`LookupCache::probe`] without the refresh flag.
+        fn peek(&self, key: &str, now: Instant) -> Option<Option<&CachedRow>> {
+            self.probe(key, now).map(|(value, _)| value)
+        }
+    }
     use arrow::array::Int64Array;
 
     /// Row `row` of a shared one-column batch, charged `bytes`.
