@@ -9,7 +9,7 @@
 //! entry, has its own consumed lsn and its own checkpoints (`<wal.dir>/checkpoints`,
 //! `<wal.dir>/checkpoints-windowed`); ingest's backpressure goes by the lane furthest
 //! behind, and the WAL keeps every entry either lane's kept checkpoints may replay
-//! ([`Positions`]). Without the split, one engine runs every query on this thread.
+//! (`Positions`). Without the split, one engine runs every query on this thread.
 //!
 //! Start-up: open the WAL (`wal.dir`) and the checkpoint stores (the WAL only looks at its
 //! own segment files, and its directory lock keeps a second process away from all of

@@ -127,9 +127,9 @@ pub struct EngineOptions {
     /// Run the compactions of window state on a thread of their own (`leasewatch run`):
     /// the engine goes on with the next batches meanwhile, the parts being compacted
     /// still in place. The engine's thread compacts level 0 only when that thread falls
-    /// far behind ([`BACKSTOP_FANIN`]). Off, compactions run between batches on the
+    /// far behind (`BACKSTOP_FANIN`). Off, compactions run between batches on the
     /// engine's thread, every one due at level 0 and at most
-    /// [`UPPER_COMPACTIONS_PER_BATCH`] above it per batch (replay and tests: the same
+    /// `UPPER_COMPACTIONS_PER_BATCH` above it per batch (replay and tests: the same
     /// input then always gives the same parts).
     pub background_compaction: bool,
     /// Which of the pipeline's queries this engine runs ([`Lane`]).

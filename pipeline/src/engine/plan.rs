@@ -115,7 +115,7 @@ pub struct Windowed {
     /// Index of the window column among the group columns.
     pub window_index: usize,
     /// Whether compactions may settle `max_speed_kmh`'s fixes: every call of it here takes
-    /// the window's event time as its time (see [`settles`]).
+    /// the window's event time as its time (see `settles`).
     pub settles: bool,
     /// Group-key expressions other than the window, over `agg_in_schema` (sessions).
     pub keys: Vec<Arc<dyn PhysicalExpr>>,

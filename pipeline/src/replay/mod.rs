@@ -1,11 +1,11 @@
 //! Replay: the pipeline fed from NDJSON or Parquet ping files as fast as it can go.
 //!
 //! NDJSON files are cut into regions of whole lines, decoded (the shared
-//! [`NdjsonDecoder`](crate::ingest::NdjsonDecoder) straight into `ping_schema()`
+//! [`NdjsonDecoder`] straight into `ping_schema()`
 //! batches: the decoder specialised to ping lines, arrow-json for any line it
 //! declines, or arrow-json alone with `--arrow-json`) and validated columnar with the
 //! contract's `check_*` rules on several threads, and handed to the engine in file
-//! order ([`source`]); Parquet is read on one thread. The engine runs on the calling task. Rejected rows are counted
+//! order (`source`); Parquet is read on one thread. The engine runs on the calling task. Rejected rows are counted
 //! with reasons and samples, never dropped silently. At the end the watermark goes to
 //! +infinity so every window emits.
 
