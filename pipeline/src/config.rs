@@ -53,11 +53,22 @@ pub struct EngineConfig {
     /// window's partial aggregation then folds more pings of a device into one row, and
     /// fewer parts wait for compaction.
     pub windowed_max_batch_rows: usize,
+    /// `leasewatch run` with `split_lanes`: the windowed lane starts a pass over the
+    /// requests waiting in the WAL at most once per this many milliseconds, letting them
+    /// gather in between (0: it follows each request as it comes). Its windows close
+    /// minutes apart, so the delay costs them nothing, while each pass costs a run of
+    /// every windowed query and adds parts of window state to compact: passes over
+    /// hundreds of requests rather than a few use far less CPU. At most 60,000.
+    pub windowed_linger_ms: u64,
     /// `leasewatch run`: the windowed queries follow the WAL on a thread of their own,
     /// apart from the per-ping rules (`crate::engine::Lane`), so that a window's merge
     /// or emission never holds up a per-ping alert. Off: one engine runs every query.
     pub split_lanes: bool,
 }
+
+/// The longest `engine.windowed_linger_ms` accepted: a minute, the default checkpoint
+/// interval (longer would only hold the WAL's truncation back).
+const MAX_WINDOWED_LINGER_MS: u64 = 60_000;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -70,6 +81,7 @@ impl Default for EngineConfig {
             sweep_interval_secs: 3600,
             max_batch_rows: 8192,
             windowed_max_batch_rows: 65_536,
+            windowed_linger_ms: 500,
             split_lanes: true,
         }
     }
@@ -151,6 +163,11 @@ impl Config {
         }
         if self.engine.windowed_max_batch_rows == 0 {
             e.push("engine.windowed_max_batch_rows must be at least 1".to_string());
+        }
+        if self.engine.windowed_linger_ms > MAX_WINDOWED_LINGER_MS {
+            e.push(format!(
+                "engine.windowed_linger_ms must be at most {MAX_WINDOWED_LINGER_MS}"
+            ));
         }
         if self.engine.checkpoint_interval_secs == 0 {
             e.push("engine.checkpoint_interval_secs must be at least 1".to_string());
@@ -260,11 +277,13 @@ mod tests {
         std::fs::write(
             &f,
             "[replay]\nbatch_rows = 0\n[engine]\ncheckpoint_interval_secs = 0\n\
-             max_batch_rows = 0\nwindowed_max_batch_rows = 0\n",
+             max_batch_rows = 0\nwindowed_max_batch_rows = 0\n\
+             windowed_linger_ms = 60001\n",
         )
         .unwrap();
         let e = Config::load(Some(&f), vec![]).unwrap_err();
-        assert_eq!(e.0.len(), 4, "{e}");
+        assert_eq!(e.0.len(), 5, "{e}");
+        assert!(e.to_string().contains("engine.windowed_linger_ms"), "{e}");
         assert!(e.to_string().contains("engine.max_batch_rows"), "{e}");
         assert!(
             e.to_string().contains("engine.windowed_max_batch_rows"),

@@ -388,6 +388,9 @@ fn register_engine(metrics: &Metrics, engine: &Engine) {
     }
 }
 
+/// How often a lingering windowed lane looks whether its compaction thread is done.
+const COMPACTION_POLL: Duration = Duration::from_millis(5);
+
 /// What the thread of the windowed lane is told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum LaneCommand {
@@ -669,6 +672,9 @@ struct EngineSide {
     older: Lsn,
     /// Pings of consecutive WAL entries the engine processes as one batch, at most.
     max_batch_rows: usize,
+    /// How long the windowed lane lets the WAL gather after each pass
+    /// (`engine.windowed_linger_ms`; zero for the per-ping lane).
+    linger: Duration,
     /// The checkpoint being written in the background, if any.
     writing: Option<Writing>,
 }
@@ -716,6 +722,11 @@ impl EngineSide {
                 config.engine.max_batch_rows
             }
             .max(1),
+            linger: if lane == WINDOWED_SLOT {
+                Duration::from_millis(config.engine.windowed_linger_ms)
+            } else {
+                Duration::ZERO
+            },
             writing: None,
         }
     }
@@ -727,12 +738,39 @@ impl EngineSide {
         mut commands: watch::Receiver<LaneCommand>,
     ) -> Result<(), RunError> {
         let mut head = self.wal.subscribe();
+        let mut gathered = Instant::now();
         loop {
+            // Requests gather in the WAL meanwhile, to be processed in one pass; the
+            // compaction thread is kept busy.
+            let gather_until = gathered + self.linger;
+            while *commands.borrow_and_update() == LaneCommand::Run {
+                let compacting = self.engine.compact_in_background()?;
+                let Some(left) = gather_until.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                if left.is_zero() {
+                    break;
+                }
+                let nap = if compacting {
+                    left.min(COMPACTION_POLL)
+                } else {
+                    left
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(nap) => {}
+                    changed = commands.changed() => {
+                        if changed.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
             head.borrow_and_update();
             let command = *commands.borrow_and_update();
             if command == LaneCommand::Abort {
                 return Ok(());
             }
+            gathered = Instant::now();
             self.drain().await?;
             self.finish_checkpoint(false)?;
             if command == LaneCommand::Finish {

@@ -257,7 +257,6 @@ impl Engine {
                                     floor,
                                     ceil,
                                     busy: false,
-                                    settled_below: i64::MIN,
                                 }
                             })
                             .collect();

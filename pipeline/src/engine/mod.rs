@@ -47,6 +47,7 @@ use sql::{LoadError, Pos, Program, SqlError, TableKind};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use window::WindowSpec;
 
 /// Who must act on an error.
@@ -302,6 +303,8 @@ pub struct Engine {
     /// The compaction thread, with [`EngineOptions::background_compaction`].
     compactor: Option<Compactor>,
     lane: Lane,
+    /// When window state was last described in the debug log.
+    state_logged: Instant,
 }
 
 /// A compaction for the compaction thread.
@@ -421,13 +424,16 @@ const BACKSTOP_FANIN: window::Fanin = window::Fanin {
 /// windowed queries take turns at being offered it first.
 const UPPER_COMPACTIONS_PER_BATCH: usize = 1;
 
-/// The highest level of the parts a compaction merges (into one part of the next level).
+/// How often window state is described in the debug log.
+const STATE_LOG_EVERY: Duration = Duration::from_secs(15);
+
+/// The highest level of the parts a compaction merges into one part of the next level.
 /// A part of level 5 holds 32·4⁴ = 8,192 batches and, at any volume where compaction
-/// matters, nearly every device of its bucket: merging such parts barely reduces rows,
-/// and for list-valued partial state (`max_speed_kmh`'s fixes, before compactions
-/// settled them) not at all, while one merge of four of them took 7.5 s and 2 GB at
-/// 100,000 pings/s (the 5-minute drive in `load-tests/README.md`). Parts of level 5 wait
-/// until the watermark closes their bucket, which compacts all its parts once.
+/// matters, nearly every device of its bucket. Parts of level 5, the top, merge with
+/// each other into one of level 5 again ([`window::HopState::take_compaction`]). In
+/// the query with `max_speed_kmh`, the parts above level 0 go into the top only once
+/// behind the watermark, when its fixes settle: merging unsettled fixes is long (7.5 s
+/// and 2 GB for four parts at 100,000 pings/s) and reduces them not at all.
 const MAX_COMPACTION_LEVEL: u8 = 4;
 
 impl Engine {
@@ -651,6 +657,7 @@ impl Engine {
             compaction_turn: 0,
             compactor,
             lane: options.lane,
+            state_logged: Instant::now(),
         })
     }
 
@@ -837,7 +844,30 @@ impl Engine {
         }
         slot.clear();
         self.deliver(pending).await?;
+        self.log_state();
         self.advance().await
+    }
+
+    /// Every [`STATE_LOG_EVERY`], each windowed query's state by bucket and level (debug).
+    fn log_state(&mut self) {
+        if !tracing::enabled!(tracing::Level::DEBUG)
+            || self.state_logged.elapsed() < STATE_LOG_EVERY
+        {
+            return;
+        }
+        self.state_logged = Instant::now();
+        for q in &self.queries {
+            if let QueryKind::Windowed(w) = &q.kind {
+                let state = match &w.state {
+                    WindowState::Hop(h) => h.describe(),
+                    WindowState::Session(s) => {
+                        let (rows, bytes) = s.size();
+                        format!("{rows} rows, {bytes} bytes")
+                    }
+                };
+                tracing::debug!(query = %q.name, watermark = self.clock.watermark(), %state, "window state");
+            }
+        }
     }
 
     /// Files the result of the background compaction, if it is done (`wait`: once it is).
@@ -901,6 +931,36 @@ impl Engine {
             Err(()) => h.put_back(comp),
         }
         Ok(())
+    }
+
+    /// Between batches: files the compaction thread's result, if it is done, and hands
+    /// it the next compaction due, the windowed queries taking turns. Whether one is in
+    /// flight (false: none is due, or there is no compaction thread). A lane that waits
+    /// for requests to gather calls it meanwhile, so its window state is compacted while
+    /// it waits rather than one compaction per batch.
+    pub fn compact_in_background(&mut self) -> Result<bool, EngineError> {
+        self.collect_compaction(false)?;
+        let Some(c) = self.compactor.as_mut() else {
+            return Ok(false);
+        };
+        if c.in_flight.is_some() {
+            return Ok(true);
+        }
+        let watermark = self.clock.watermark();
+        let n = self.windowed.len();
+        for k in 0..n {
+            let index = self.windowed[(self.compaction_turn + k) % n];
+            let Some(q) = self.queries.get_mut(index) else {
+                continue;
+            };
+            if let QueryKind::Windowed(w) = &mut q.kind
+                && dispatch(w, &q.pos, (c, index), watermark)?
+            {
+                self.compaction_turn = self.compaction_turn.wrapping_add(k + 1);
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// End of input: the watermark jumps to +infinity, every open window is emitted,
@@ -1302,7 +1362,7 @@ fn log_compaction(
         query = %pos,
         bucket = c.bucket,
         level = c.level,
-        resettle = c.resettle,
+        into = c.into,
         rows = c.rows(),
         bytes = c.bytes(),
         rows_out = out.num_rows(),
@@ -1319,9 +1379,7 @@ fn log_compaction(
 /// compaction thread and this query's index), at most `upper` compactions of any level
 /// go to the thread instead, their parts left in place until
 /// [`Engine::collect_compaction`] files the result; level 0 is compacted here only past
-/// [`BACKSTOP_FANIN`]. In queries that settle, a part whose rows have all fallen behind
-/// the watermark since its compaction is compacted again when nothing else is due
-/// ([`window::HopState::take_resettle`]).
+/// [`BACKSTOP_FANIN`].
 ///
 /// `settle` is the engine's [`SettledSpans`] and the watermark after this batch. No row
 /// older than the watermark enters window state from now on, and the rows of each part
@@ -1374,7 +1432,8 @@ async fn accumulate(
                 .unwrap_or(i64::MAX);
             w.agg_in_slot
                 .set(with_window.into_iter().map(|(b, _)| b).collect());
-            let partial = run(&w.partial, task, pos).await;
+            // Unbounded batch size: one part per bucket, not one per 8,192 rows of it.
+            let partial = run(&w.partial, whole, pos).await;
             w.agg_in_slot.clear();
             for p in partial? {
                 h.insert(&p, w.window_index, (floor, ceil))
@@ -1384,20 +1443,14 @@ async fn accumulate(
                 WindowSpec::Hop { slide_ms, .. } => watermark.saturating_sub(slide_ms),
                 WindowSpec::Session { .. } => i64::MIN,
             };
+            let settle_at = w.settles.then_some(watermark);
             loop {
                 let (fanin, max_level) = match (&background, *upper > 0) {
                     (None, true) => (COMPACT_FANIN, MAX_COMPACTION_LEVEL),
                     (None, false) => (COMPACT_FANIN, 0),
                     (Some(_), _) => (BACKSTOP_FANIN, 0),
                 };
-                let resettle = w.settles && background.is_none() && *upper > 0;
-                let Some(mut c) = h
-                    .take_compaction(fanin, max_level, closed_at, false)
-                    .or_else(|| {
-                        resettle
-                            .then(|| h.take_resettle(watermark, false))
-                            .flatten()
-                    })
+                let Some(c) = h.take_compaction(fanin, max_level, closed_at, false, settle_at)
                 else {
                     break;
                 };
@@ -1407,7 +1460,6 @@ async fn accumulate(
                 let started = std::time::Instant::now();
                 w.final_slot.set(c.batches());
                 if w.settles {
-                    c.watermark = watermark;
                     settled.set_outside(c.occupied(watermark));
                 }
                 let reduced = run(&w.reduce, whole, pos).await;
@@ -1426,49 +1478,9 @@ async fn accumulate(
             }
             if *upper > 0
                 && let Some((compactor, index)) = background.as_mut()
-                && let Some(mut c) = h
-                    .take_compaction(COMPACT_FANIN, MAX_COMPACTION_LEVEL, closed_at, true)
-                    .or_else(|| {
-                        w.settles
-                            .then(|| h.take_resettle(watermark, true))
-                            .flatten()
-                    })
+                && dispatch(w, pos, (compactor, *index), watermark)?
             {
                 *upper -= 1;
-                if w.settles {
-                    c.watermark = watermark;
-                }
-                let slot = slot::Slot::default();
-                slot.set(c.batches());
-                let plan = slot::SlotExec::new(Arc::clone(&w.partial_schema), None, slot).and_then(
-                    |input| {
-                        Arc::clone(&w.reduce).replace_children(
-                            vec![Arc::new(input)],
-                            datafusion::physical_plan::ReplaceChildrenOptions::new(
-                                datafusion::physical_plan::ChildrenPropertiesMode::Recompute,
-                            ),
-                        )
-                    },
-                );
-                let plan = match plan {
-                    Ok(p) => p,
-                    Err(e) => {
-                        // The parts stay as they were, no longer marked.
-                        h.put_back(c);
-                        return Err(internal(e));
-                    }
-                };
-                let occupied = w.settles.then(|| c.occupied(watermark));
-                let job = Job {
-                    plan,
-                    occupied,
-                    pos: pos.clone(),
-                };
-                if compactor.jobs.send(job).is_ok() {
-                    compactor.in_flight = Some((*index, c));
-                } else {
-                    h.put_back(c);
-                }
             }
         }
         (WindowState::Session(s), WindowSpec::Session { gap_ms }) => {
@@ -1483,6 +1495,61 @@ async fn accumulate(
         }
     }
     Ok(())
+}
+
+/// Hands the next compaction due of `w` to the compaction thread, which is idle, as query `index`: whether there was one. Its parts
+/// stay in place, marked busy, until [`Engine::collect_compaction`] files the result.
+fn dispatch(
+    w: &mut Windowed,
+    pos: &Pos,
+    (compactor, index): (&mut Compactor, usize),
+    watermark: i64,
+) -> Result<bool, EngineError> {
+    let (WindowState::Hop(h), WindowSpec::Hop { slide_ms, .. }) = (&mut w.state, w.spec) else {
+        return Ok(false);
+    };
+    let closed_at = watermark.saturating_sub(slide_ms);
+    let settle_at = w.settles.then_some(watermark);
+    let Some(c) = h.take_compaction(
+        COMPACT_FANIN,
+        MAX_COMPACTION_LEVEL,
+        closed_at,
+        true,
+        settle_at,
+    ) else {
+        return Ok(false);
+    };
+    let slot = slot::Slot::default();
+    slot.set(c.batches());
+    let plan = slot::SlotExec::new(Arc::clone(&w.partial_schema), None, slot).and_then(|input| {
+        Arc::clone(&w.reduce).replace_children(
+            vec![Arc::new(input)],
+            datafusion::physical_plan::ReplaceChildrenOptions::new(
+                datafusion::physical_plan::ChildrenPropertiesMode::Recompute,
+            ),
+        )
+    });
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => {
+            // The parts stay as they were, no longer marked.
+            h.put_back(c);
+            return Err(internal(e));
+        }
+    };
+    let occupied = w.settles.then(|| c.occupied(watermark));
+    let job = Job {
+        plan,
+        occupied,
+        pos: pos.clone(),
+    };
+    if compactor.jobs.send(job).is_ok() {
+        compactor.in_flight = Some((index, c));
+        Ok(true)
+    } else {
+        h.put_back(c);
+        Ok(false)
+    }
 }
 
 /// Emits every window the watermark has passed: `(rows, windows emitted)`.
@@ -1706,7 +1773,7 @@ mod tests {
     }
 
     /// Only the product's query with a `max_speed_kmh` settles: the others have nothing
-    /// to settle, and settling them re-merged each of their parts once more for nothing.
+    /// to settle, and their parts need not wait for the watermark to be merged.
     #[tokio::test(flavor = "current_thread")]
     async fn only_the_speed_query_settles() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql");

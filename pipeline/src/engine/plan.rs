@@ -683,8 +683,8 @@ async fn compile(
 /// window's event time, as it is. Only then do the engine's guarantees on event time (no
 /// row older than the watermark enters window state) hold for the fixes' times, so that a
 /// compaction may settle them (`leasewatch_udfs::datafusion::SettledSpans`). Without
-/// one there is nothing to settle, and such a query's parts are never compacted again
-/// alone.
+/// one there is nothing to settle, and such a query's parts above level 0 are merged
+/// without waiting for the watermark (`HopState::take_compaction`).
 fn settles(agg: &AggregateExec, ts_index: usize) -> bool {
     use datafusion::physical_expr::expressions::Column as ColumnExpr;
     let mut speeds = agg

@@ -227,6 +227,10 @@ pub fn with_column(
 /// The level of the one part a bucket the watermark has passed is compacted into.
 pub const CLOSED_LEVEL: u8 = u8::MAX;
 
+/// The most parts one merge of a query that settles takes ([`HopState::take_compaction`]):
+/// after a stall, those behind the watermark are merged sixteen at a time.
+pub const SETTLE_MERGE_PARTS: usize = 16;
+
 /// One partial-state batch of a slide bucket.
 #[derive(Debug, Clone)]
 pub struct Part {
@@ -242,9 +246,6 @@ pub struct Part {
     /// Being compacted elsewhere (a [`Compaction`] taken with `in_place`): still part of
     /// the bucket, read by windows and checkpoints, until the result replaces it.
     pub busy: bool,
-    /// The watermark when it was compacted (`i64::MIN`: straight from a batch, or
-    /// restored): its rows from there on were kept whole (see [`HopState::take_resettle`]).
-    pub settled_below: i64,
 }
 
 /// Parts of one bucket and level taken out for a compaction ([`HopState::take_compaction`]).
@@ -252,7 +253,8 @@ pub struct Part {
 pub struct Compaction {
     /// The slide bucket's start.
     pub bucket: i64,
-    /// The parts' level.
+    /// The parts' level (of the highest, when levels are merged: see
+    /// [`HopState::take_compaction`]).
     pub level: u8,
     /// The parts taken.
     pub parts: Vec<Part>,
@@ -261,11 +263,8 @@ pub struct Compaction {
     pub others: Vec<(i64, i64)>,
     /// The parts stayed in the bucket, marked busy (see [`HopState::take_compaction`]).
     pub in_place: bool,
-    /// One part compacted again at its own level ([`HopState::take_resettle`]).
-    pub resettle: bool,
-    /// The watermark the compaction settles under (set by its runner; `i64::MIN`:
-    /// none), kept by the result as [`Part::settled_below`].
-    pub watermark: i64,
+    /// The level of the result: one up, or the same (closed, or the top).
+    pub into: u8,
 }
 
 impl Compaction {
@@ -273,11 +272,10 @@ impl Compaction {
     /// busy parts among them, `taken` included, are left out of `others`).
     fn of(
         bucket: i64,
-        level: u8,
+        (level, into): (u8, u8),
         taken: Vec<Part>,
         rest: &[Part],
         in_place: bool,
-        resettle: bool,
     ) -> Self {
         Compaction {
             bucket,
@@ -289,8 +287,7 @@ impl Compaction {
                 .collect(),
             parts: taken,
             in_place,
-            resettle,
-            watermark: i64::MIN,
+            into,
         }
     }
 
@@ -413,7 +410,6 @@ impl HopState {
             floor,
             ceil,
             busy: false,
-            settled_below: i64::MIN,
         });
     }
 
@@ -434,6 +430,24 @@ impl HopState {
     /// compacted into one of [`CLOSED_LEVEL`], once, which is all the bucket holds until
     /// its last window is emitted.
     ///
+    /// Parts one level above `max_level` (the top, when it is above 0) are merged with
+    /// each other, a fan-in of them into one of the top again. Each holds nearly every
+    /// key of its bucket: merged, they shrink by the fan-in. Before, they waited for
+    /// their bucket to close, and a bucket gained one every minute or so of a busy
+    /// stream, its state growing with them.
+    ///
+    /// In a query that settles (`settle_at`: the watermark), the parts above level 0
+    /// are merged otherwise: once two of them (typically the top's and one more) have
+    /// all their rows behind the watermark, all those (up to [`SETTLE_MERGE_PARTS`])
+    /// are merged into one of the top. The merge settles their list-valued state (`max_speed_kmh`'s fixes) but
+    /// where the parts left out may hold rows; those are the parts still ahead of the
+    /// watermark, so it settles all but the last seconds before them, and the part of
+    /// the top, taken in each such merge, stays small. Tiered, the fixes of the last two
+    /// minutes were copied whole from level to level (the longest compactions of all, 4 s
+    /// for four parts at 300,000 pings/s), and parts next to each other in time, each
+    /// with rows from a few seconds before the other's (a phone's upload), settled
+    /// almost nothing in a merge of a few.
+    ///
     /// With `in_place` (a compaction run elsewhere while batches go on), the parts taken
     /// stay in the bucket, marked busy, and [`HopState::compacted`] replaces them. Busy
     /// parts are never taken again, and a closed bucket holding any waits.
@@ -443,6 +457,7 @@ impl HopState {
         max_level: u8,
         closed_at: i64,
         in_place: bool,
+        settle_at: Option<i64>,
     ) -> Option<Compaction> {
         for (&k, parts) in &mut self.buckets {
             let busy = parts.iter().any(|p| p.busy);
@@ -452,61 +467,47 @@ impl HopState {
                     continue;
                 }
                 let taken = take_parts(parts, in_place, |_| true);
-                return Some(Compaction::of(k, CLOSED_LEVEL, taken, &[], in_place, false));
+                let levels = (CLOSED_LEVEL, CLOSED_LEVEL);
+                return Some(Compaction::of(k, levels, taken, &[], in_place));
             }
-            let top = parts
-                .iter()
-                .map(|p| p.level)
-                .max()
-                .unwrap_or(0)
-                .min(max_level);
-            let mut count = vec![0usize; usize::from(top) + 1];
-            for p in parts.iter().filter(|p| p.level <= top && !p.busy) {
+            // Levels compacted into the next, and the top (merged into itself), if any.
+            let top = max_level
+                .checked_add(1)
+                .filter(|&t| max_level > 0 && t != CLOSED_LEVEL);
+            if let (Some(top), Some(watermark)) = (top, settle_at) {
+                let behind =
+                    |p: &Part| !p.busy && p.level > 0 && p.level <= top && p.ceil < watermark;
+                if parts.iter().filter(|p| behind(p)).count() >= 2 {
+                    let mut left = SETTLE_MERGE_PARTS;
+                    let taken = take_parts(parts, in_place, |p| {
+                        let take = left > 0 && behind(p);
+                        left -= usize::from(take);
+                        take
+                    });
+                    return Some(Compaction::of(k, (top, top), taken, parts, in_place));
+                }
+            }
+            let ready = |p: &Part| {
+                !p.busy
+                    && (p.level <= max_level || Some(p.level) == top)
+                    && (p.level == 0 || settle_at.is_none())
+            };
+            let levels = top.unwrap_or(max_level);
+            let mut count = vec![0usize; usize::from(levels) + 1];
+            for p in parts.iter().filter(|p| ready(p)) {
                 count[usize::from(p.level)] += 1;
             }
-            let Some(level) = (0..=top).find(|&l| count[usize::from(l)] >= fanin.of(l)) else {
+            let Some(level) = (0..=levels).find(|&l| count[usize::from(l)] >= fanin.of(l)) else {
                 continue;
             };
             let mut left = fanin.of(level);
             let taken = take_parts(parts, in_place, |p| {
-                let take = left > 0 && p.level == level && !p.busy;
+                let take = left > 0 && p.level == level && ready(p);
                 left -= usize::from(take);
                 take
             });
-            return Some(Compaction::of(k, level, taken, parts, in_place, false));
-        }
-        None
-    }
-
-    /// A part of level 1 or up (not closed) whose rows have all fallen behind
-    /// `watermark` since it was compacted, when some were at or after the watermark
-    /// then, taken out to be compacted again on its own at its level.
-    ///
-    /// A compaction keeps the rows at or after the watermark whole (`max_speed_kmh`'s
-    /// fixes: later rows may still fall between them). The upper levels are compacted
-    /// minutes apart and parts of the top level not at all until their bucket closes,
-    /// so at a steady rate nearly every fix stayed whole in them: window state grew with
-    /// every ping (10 MB/s at 300,000 pings/s). Compacted again once behind the
-    /// watermark, each part settles what it kept, once.
-    pub fn take_resettle(&mut self, watermark: i64, in_place: bool) -> Option<Compaction> {
-        for (&k, parts) in &mut self.buckets {
-            let due = |p: &Part| {
-                !p.busy
-                    && p.level > 0
-                    && p.level != CLOSED_LEVEL
-                    && p.settled_below < p.ceil
-                    && p.ceil < watermark
-            };
-            let Some(i) = parts.iter().position(due) else {
-                continue;
-            };
-            let level = parts.get(i).map_or(0, |p| p.level);
-            let mut j = 0;
-            let taken = take_parts(parts, in_place, |_| {
-                j += 1;
-                j == i + 1
-            });
-            return Some(Compaction::of(k, level, taken, parts, in_place, true));
+            let into = if Some(level) == top { level } else { level + 1 };
+            return Some(Compaction::of(k, (level, into), taken, parts, in_place));
         }
         None
     }
@@ -522,8 +523,7 @@ impl HopState {
         }
     }
 
-    /// Files `batch`, the result of compaction `c`, one level up (closed or resettled: at
-    /// the same).
+    /// Files `batch`, the result of compaction `c`, at level [`Compaction::into`].
     /// An in-place compaction's result replaces its busy parts; when they are gone (a
     /// window emission dropped the bucket, a checkpoint was restored) it is dropped.
     pub fn compacted(&mut self, c: &Compaction, batch: RecordBatch) {
@@ -531,15 +531,10 @@ impl HopState {
         let ceil = c.parts.iter().map(|p| p.ceil).max().unwrap_or(i64::MAX);
         let part = Part {
             batch,
-            level: if c.level == CLOSED_LEVEL || c.resettle {
-                c.level
-            } else {
-                c.level.saturating_add(1)
-            },
+            level: c.into,
             floor,
             ceil,
             busy: false,
-            settled_below: c.watermark,
         };
         if c.in_place {
             if let Some(parts) = self.buckets.get_mut(&c.bucket)
@@ -578,6 +573,29 @@ impl HopState {
             self.next_start = Some(next);
             let keep = self.buckets.split_off(&next);
             self.buckets = keep;
+        }
+        out
+    }
+
+    /// Parts, rows and bytes held per bucket and level, e.g.
+    /// `1764979200000[L0 3/24000/1.2MB L1 1/90000/4.1MB]`, for debug logs.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for (start, parts) in &self.buckets {
+            let mut levels: BTreeMap<u8, (usize, usize, usize)> = BTreeMap::new();
+            for p in parts {
+                let e = levels.entry(p.level).or_default();
+                e.0 += 1;
+                e.1 += p.batch.num_rows();
+                e.2 += p.batch.get_array_memory_size();
+            }
+            out.push_str(&format!("{start}["));
+            for (i, (level, (n, rows, bytes))) in levels.iter().enumerate() {
+                let sep = if i == 0 { "" } else { " " };
+                let mb = *bytes as f64 / 1e6;
+                out.push_str(&format!("{sep}L{level} {n}/{rows}/{mb:.1}MB"));
+            }
+            out.push_str("] ");
         }
         out
     }
@@ -773,7 +791,7 @@ mod tests {
         // 4 * 3 + 2 batches into one bucket, each compaction "reducing" to one row.
         for _ in 0..14 {
             h.insert(&partial(&[0, 0]), 0, (0, 0)).unwrap();
-            while let Some(c) = h.take_compaction(fanin, u8::MAX, i64::MIN, false) {
+            while let Some(c) = h.take_compaction(fanin, u8::MAX, i64::MIN, false, None) {
                 assert_eq!(c.bucket, 0);
                 assert_eq!(c.parts.len(), fanin.of(c.level));
                 reductions.push(c.level);
@@ -785,20 +803,27 @@ mod tests {
         assert_eq!(reductions, vec![0, 0, 0, 1]);
         let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
         assert_eq!(levels, vec![2, 0, 0]);
-        assert!(h.take_compaction(fanin, u8::MAX, i64::MIN, false).is_none());
+        assert!(
+            h.take_compaction(fanin, u8::MAX, i64::MIN, false, None)
+                .is_none()
+        );
         // A failed compaction puts its parts back as they were.
         h.insert(&partial(&[0]), 0, (0, 0)).unwrap();
         h.insert(&partial(&[0]), 0, (0, 0)).unwrap();
-        let c = h.take_compaction(fanin, u8::MAX, i64::MIN, false).unwrap();
+        let c = h
+            .take_compaction(fanin, u8::MAX, i64::MIN, false, None)
+            .unwrap();
         h.put_back(c);
         let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
         assert_eq!(levels, vec![2, 0, 0, 0, 0]);
         // Compactions above `max_level` wait; the parts stay where they are.
-        let c = h.take_compaction(fanin, u8::MAX, i64::MIN, false).unwrap();
+        let c = h
+            .take_compaction(fanin, u8::MAX, i64::MIN, false, None)
+            .unwrap();
         h.compacted(&c, partial(&[0]));
         for _ in 0..8 {
             h.insert(&partial(&[0]), 0, (0, 0)).unwrap();
-            while let Some(c) = h.take_compaction(fanin, 0, i64::MIN, false) {
+            while let Some(c) = h.take_compaction(fanin, 0, i64::MIN, false, None) {
                 assert_eq!(c.level, 0);
                 h.compacted(&c, partial(&[0]));
             }
@@ -807,13 +832,18 @@ mod tests {
         assert_eq!(levels, vec![2, 1, 1, 1]);
         // Put off, they are still found once new parts sit after them.
         h.insert(&partial(&[0]), 0, (0, 0)).unwrap();
-        let c = h.take_compaction(fanin, u8::MAX, i64::MIN, false).unwrap();
+        let c = h
+            .take_compaction(fanin, u8::MAX, i64::MIN, false, None)
+            .unwrap();
         assert_eq!((c.level, c.parts.len()), (1, 3));
         h.compacted(&c, partial(&[0]));
         let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
         assert_eq!(levels, vec![2, 0, 2]);
         // Two of level 2 (fan-in 3): nothing more is due.
-        assert!(h.take_compaction(fanin, u8::MAX, i64::MIN, false).is_none());
+        assert!(
+            h.take_compaction(fanin, u8::MAX, i64::MIN, false, None)
+                .is_none()
+        );
     }
 
     #[test]
@@ -824,17 +854,17 @@ mod tests {
         h.insert(&partial(&[0]), 0, (15, 40)).unwrap();
         h.insert(&partial(&[60_000]), 0, (60_010, 60_020)).unwrap();
         // Not yet closed, or only level 0 allowed: nothing due.
-        assert!(h.take_compaction(fanin, u8::MAX, -1, false).is_none());
-        assert!(h.take_compaction(fanin, 0, 0, false).is_none());
+        assert!(h.take_compaction(fanin, u8::MAX, -1, false, None).is_none());
+        assert!(h.take_compaction(fanin, 0, 0, false, None).is_none());
         // Closed (start <= closed_at): all its parts, with nothing else to settle around.
-        let c = h.take_compaction(fanin, u8::MAX, 0, false).unwrap();
+        let c = h.take_compaction(fanin, u8::MAX, 0, false, None).unwrap();
         assert_eq!((c.bucket, c.level, c.parts.len()), (0, CLOSED_LEVEL, 2));
         assert!(c.others.is_empty());
         // A failed compaction puts the parts back as they were; it is due again.
         h.put_back(c);
         let levels: Vec<u8> = h.buckets[&0].iter().map(|p| p.level).collect();
         assert_eq!(levels, vec![0, 0]);
-        let c = h.take_compaction(fanin, u8::MAX, 0, false).unwrap();
+        let c = h.take_compaction(fanin, u8::MAX, 0, false, None).unwrap();
         h.compacted(&c, partial(&[0]));
         let closed = &h.buckets[&0];
         assert_eq!(closed.len(), 1);
@@ -843,44 +873,93 @@ mod tests {
             (CLOSED_LEVEL, 10, 40)
         );
         // Once: the one closed part is not compacted again; the open bucket waits.
-        assert!(h.take_compaction(fanin, u8::MAX, 0, false).is_none());
+        assert!(h.take_compaction(fanin, u8::MAX, 0, false, None).is_none());
     }
 
-    /// A compacted part is compacted again, alone and at its level, once every row it
-    /// kept whole has fallen behind the watermark; then never again.
+    fn part(level: u8, floor: i64, ceil: i64) -> Part {
+        Part {
+            batch: partial(&[0]),
+            level,
+            floor,
+            ceil,
+            busy: false,
+        }
+    }
+
+    fn levels_and_spans(h: &HopState) -> Vec<(u8, i64, i64)> {
+        h.buckets[&0]
+            .iter()
+            .map(|p| (p.level, p.floor, p.ceil))
+            .collect()
+    }
+
+    /// Parts of the level above `max_level` merge with each other, into that level
+    /// again; with `max_level` 0 (level 0 only) they do not.
     #[test]
-    fn a_part_is_resettled_once_its_rows_are_behind_the_watermark() {
+    fn parts_of_the_top_level_merge_into_it() {
         let mut h = HopState::default();
         let fanin = Fanin { first: 2, upper: 2 };
-        h.insert(&partial(&[0]), 0, (10, 20)).unwrap();
-        h.insert(&partial(&[0]), 0, (15, 40)).unwrap();
-        // Level 0 is never resettled: it is compacted as it is.
-        assert!(h.take_resettle(1_000, false).is_none());
-        let mut c = h.take_compaction(fanin, u8::MAX, i64::MIN, false).unwrap();
-        c.watermark = 30;
+        h.buckets.insert(0, vec![part(2, 10, 40), part(2, 50, 70)]);
+        assert!(h.take_compaction(fanin, 0, i64::MIN, false, None).is_none());
+        let c = h.take_compaction(fanin, 1, i64::MIN, true, None).unwrap();
+        assert_eq!((c.level, c.into, c.parts.len()), (2, 2, 2));
         h.compacted(&c, partial(&[0]));
-        h.insert(&partial(&[0]), 0, (50, 60)).unwrap();
-        let part = &h.buckets[&0][0];
-        assert_eq!((part.level, part.settled_below), (1, 30));
-        // Rows up to 40 were at or after the watermark (30): due once it passes 40.
-        assert!(h.take_resettle(40, false).is_none());
-        let mut c = h.take_resettle(41, true).unwrap();
-        assert!(c.resettle && c.in_place);
-        assert_eq!(
-            (c.level, c.parts.len(), c.others.clone()),
-            (1, 1, vec![(50, 60)])
+        assert_eq!(levels_and_spans(&h), vec![(2, 10, 70)]);
+        assert!(h.take_compaction(fanin, 1, i64::MIN, false, None).is_none());
+    }
+
+    /// In a query that settles, the parts above level 0 whose rows are all behind the
+    /// watermark merge, a fan-in of them or more, into one of the top; level 0 goes on
+    /// as before.
+    #[test]
+    fn in_a_query_that_settles_parts_merge_into_the_top_once_behind_the_watermark() {
+        let mut h = HopState::default();
+        let fanin = Fanin { first: 2, upper: 2 };
+        h.buckets.insert(
+            0,
+            vec![
+                part(1, 10, 40),
+                part(1, 50, 70),
+                part(2, 0, 8),
+                part(0, 60, 80),
+            ],
         );
-        // Busy, it is not taken twice.
-        assert!(h.take_resettle(41, true).is_none());
-        c.watermark = 41;
+        // Watermark 45: the first part and the top's; the rest may hold rows around them.
+        let c = h
+            .take_compaction(fanin, 1, i64::MIN, false, Some(45))
+            .unwrap();
+        assert_eq!((c.level, c.into, c.parts.len()), (2, 2, 2));
+        assert_eq!(c.others, vec![(50, 70), (60, 80)]);
         h.compacted(&c, partial(&[0]));
-        let parts: Vec<(u8, i64, i64, i64)> = h.buckets[&0]
-            .iter()
-            .map(|p| (p.level, p.floor, p.ceil, p.settled_below))
-            .collect();
-        assert_eq!(parts, vec![(0, 50, 60, i64::MIN), (1, 10, 40, 41)]);
-        // Settled below 41 now, after its last row: never again.
-        assert!(h.take_resettle(i64::MAX, false).is_none());
+        assert_eq!(
+            levels_and_spans(&h),
+            vec![(1, 50, 70), (0, 60, 80), (2, 0, 40)]
+        );
+        // One part behind watermark 60 is fewer than the fan-in; level 0 needs two.
+        assert!(
+            h.take_compaction(fanin, 1, i64::MIN, false, Some(60))
+                .is_none()
+        );
+        let c = h
+            .take_compaction(fanin, 1, i64::MIN, false, Some(71))
+            .unwrap();
+        assert_eq!((c.level, c.into, c.parts.len()), (2, 2, 2));
+        h.compacted(&c, partial(&[0]));
+        assert_eq!(levels_and_spans(&h), vec![(0, 60, 80), (2, 0, 70)]);
+        // Level 0 waits for no watermark.
+        h.insert(&partial(&[0]), 0, (90, 95)).unwrap();
+        let c = h
+            .take_compaction(fanin, 1, i64::MIN, false, Some(0))
+            .unwrap();
+        assert_eq!((c.level, c.into), (0, 1));
+        // After a stall, at most SETTLE_MERGE_PARTS at once.
+        let mut h = HopState::default();
+        h.buckets
+            .insert(0, (0..20).map(|i| part(1, i * 10, i * 10 + 5)).collect());
+        let c = h
+            .take_compaction(fanin, 1, i64::MIN, false, Some(1_000))
+            .unwrap();
+        assert_eq!(c.parts.len(), SETTLE_MERGE_PARTS);
     }
 
     /// Compactions run elsewhere: the parts stay, busy, until the result replaces them.
@@ -891,7 +970,9 @@ mod tests {
         for t in [10, 20, 30] {
             h.insert(&partial(&[0]), 0, (t, t + 5)).unwrap();
         }
-        let c = h.take_compaction(fanin, u8::MAX, i64::MIN, true).unwrap();
+        let c = h
+            .take_compaction(fanin, u8::MAX, i64::MIN, true, None)
+            .unwrap();
         assert_eq!(
             (c.level, c.parts.len(), c.others.clone()),
             (0, 2, vec![(30, 35)])
@@ -901,14 +982,16 @@ mod tests {
         // Windows and checkpoints still see all three; no busy part is taken again.
         assert_eq!(h.size().0, 3);
         h.insert(&partial(&[0]), 0, (40, 45)).unwrap();
-        let d = h.take_compaction(fanin, u8::MAX, i64::MIN, false).unwrap();
+        let d = h
+            .take_compaction(fanin, u8::MAX, i64::MIN, false, None)
+            .unwrap();
         assert_eq!(
             d.parts.iter().map(|p| p.floor).collect::<Vec<_>>(),
             vec![30, 40]
         );
         h.compacted(&d, partial(&[0]));
         // Closed now, but a bucket with busy parts waits for them.
-        assert!(h.take_compaction(fanin, u8::MAX, 0, true).is_none());
+        assert!(h.take_compaction(fanin, u8::MAX, 0, true, None).is_none());
         h.compacted(&c, partial(&[0]));
         let parts: Vec<(u8, i64, i64, bool)> = h.buckets[&0]
             .iter()
@@ -917,11 +1000,11 @@ mod tests {
         assert_eq!(parts, vec![(1, 30, 45, false), (1, 10, 25, false)]);
         // A failed one clears the marks; a result whose bucket was emitted and dropped
         // meanwhile, or restored from a checkpoint without marks, is dropped.
-        let c = h.take_compaction(fanin, u8::MAX, 0, true).unwrap();
+        let c = h.take_compaction(fanin, u8::MAX, 0, true, None).unwrap();
         assert_eq!((c.level, c.parts.len()), (CLOSED_LEVEL, 2));
         h.put_back(c);
         assert!(h.buckets[&0].iter().all(|p| !p.busy));
-        let c = h.take_compaction(fanin, u8::MAX, 0, true).unwrap();
+        let c = h.take_compaction(fanin, u8::MAX, 0, true, None).unwrap();
         for p in h.buckets.get_mut(&0).unwrap() {
             p.busy = false;
         }
