@@ -437,16 +437,19 @@ impl HopState {
     /// stream, its state growing with them.
     ///
     /// In a query that settles (`settle_at`: the watermark), the parts above level 0
-    /// are merged otherwise: once two of them (typically the top's and one more) have
-    /// all their rows behind the watermark, all those (up to [`SETTLE_MERGE_PARTS`])
-    /// are merged into one of the top. The merge settles their list-valued state (`max_speed_kmh`'s fixes) but
-    /// where the parts left out may hold rows; those are the parts still ahead of the
-    /// watermark, so it settles all but the last seconds before them, and the part of
-    /// the top, taken in each such merge, stays small. Tiered, the fixes of the last two
-    /// minutes were copied whole from level to level (the longest compactions of all, 4 s
-    /// for four parts at 300,000 pings/s), and parts next to each other in time, each
-    /// with rows from a few seconds before the other's (a phone's upload), settled
-    /// almost nothing in a merge of a few.
+    /// are merged otherwise: those whose rows are all behind the watermark (up to
+    /// [`SETTLE_MERGE_PARTS`]) go into one of the top, once there are two of them and
+    /// the ones below the top hold at least as many bytes as the top's. The merge
+    /// settles their list-valued state (`max_speed_kmh`'s fixes) but where the parts
+    /// left out may hold rows: those still ahead of the watermark, whose earliest rows
+    /// (a phone's upload) reach some 20 s before the rest. So the top's part keeps the
+    /// fixes of those seconds whole and is read again by each merge; the bytes rule
+    /// keeps that from being most of the work (at 300,000 pings/s, merging each new part
+    /// at once kept the compaction thread busy and level 0 waiting). Tiered, the fixes
+    /// of the last two minutes were copied whole from level to level (the longest
+    /// compactions of all, 4 s for four parts), and parts next to each other in time,
+    /// each reaching into the other's seconds, settled almost nothing in a merge of a
+    /// few.
     ///
     /// With `in_place` (a compaction run elsewhere while batches go on), the parts taken
     /// stay in the bucket, marked busy, and [`HopState::compacted`] replaces them. Busy
@@ -477,7 +480,17 @@ impl HopState {
             if let (Some(top), Some(watermark)) = (top, settle_at) {
                 let behind =
                     |p: &Part| !p.busy && p.level > 0 && p.level <= top && p.ceil < watermark;
-                if parts.iter().filter(|p| behind(p)).count() >= 2 {
+                let (mut n, mut new_bytes, mut top_bytes) = (0, 0, 0);
+                for p in parts.iter().filter(|p| behind(p)) {
+                    n += 1;
+                    let bytes = p.batch.get_array_memory_size();
+                    if p.level == top {
+                        top_bytes += bytes;
+                    } else {
+                        new_bytes += bytes;
+                    }
+                }
+                if n >= 2 && new_bytes >= top_bytes {
                     let mut left = SETTLE_MERGE_PARTS;
                     let taken = take_parts(parts, in_place, |p| {
                         let take = left > 0 && behind(p);
@@ -952,6 +965,23 @@ mod tests {
             .take_compaction(fanin, 1, i64::MIN, false, Some(0))
             .unwrap();
         assert_eq!((c.level, c.into), (0, 1));
+        // A top part holding more bytes than those below it waits for more of them.
+        let mut h = HopState::default();
+        let mut big = part(2, 0, 8);
+        big.batch = partial(&[0; 64]);
+        h.buckets
+            .insert(0, vec![big, part(1, 10, 20), part(1, 20, 30)]);
+        assert!(
+            h.take_compaction(fanin, 1, i64::MIN, false, Some(100))
+                .is_none()
+        );
+        let mut more = part(1, 30, 40);
+        more.batch = partial(&[0; 64]);
+        h.buckets.entry(0).or_default().push(more);
+        let c = h
+            .take_compaction(fanin, 1, i64::MIN, false, Some(100))
+            .unwrap();
+        assert_eq!((c.level, c.into, c.parts.len()), (2, 2, 4));
         // After a stall, at most SETTLE_MERGE_PARTS at once.
         let mut h = HopState::default();
         h.buckets
