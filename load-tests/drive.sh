@@ -20,7 +20,8 @@
 # (30: seconds the pipeline gets to stop cleanly before it is killed); INGEST_TOML (more
 # [ingest] keys, e.g. `max_lag_batches = 20` to see 429 + Retry-After sooner); WAL_TOML
 # (more [wal] keys, e.g. `group_commit_max_delay_us = 1000`);
-# WAL_MAX_RETAINED_GIB (wal.max_retained_bytes in GiB, 16: see below).
+# WAL_MAX_RETAINED_GIB (wal.max_retained_bytes in GiB, 16: see below); LEASEWATCH_LOG
+# reaches the pipeline (`leasewatch::engine=debug`: window state every 15 s).
 #
 # The WAL keeps what the older of the two last checkpoints needs, up to two checkpoint
 # intervals (2 x 60 s) of pings: about 5 GB at 300,000 pings/s. The default bound
