@@ -58,7 +58,9 @@ pub struct EngineConfig {
     /// gather in between (0: it follows each request as it comes). Its windows close
     /// minutes apart, so the delay costs them nothing, while each pass costs a run of
     /// every windowed query and adds parts of window state to compact: passes over
-    /// hundreds of requests rather than a few use far less CPU. At most 60,000.
+    /// hundreds of requests rather than a few use far less CPU. The backlog gauges
+    /// (`leasewatch_engine_backlog_*`, which follow the lane furthest behind) then show
+    /// up to this long of requests at any time. At most 60,000.
     pub windowed_linger_ms: u64,
     /// `leasewatch run`: the windowed queries follow the WAL on a thread of their own,
     /// apart from the per-ping rules (`crate::engine::Lane`), so that a window's merge

@@ -672,7 +672,7 @@ struct EngineSide {
     older: Lsn,
     /// Pings of consecutive WAL entries the engine processes as one batch, at most.
     max_batch_rows: usize,
-    /// How long the windowed lane lets the WAL gather after each pass
+    /// The windowed lane starts a pass over the WAL at most once per this long
     /// (`engine.windowed_linger_ms`; zero for the per-ping lane).
     linger: Duration,
     /// The checkpoint being written in the background, if any.

@@ -1497,8 +1497,9 @@ async fn accumulate(
     Ok(())
 }
 
-/// Hands the next compaction due of `w` to the compaction thread, which is idle, as query `index`: whether there was one. Its parts
-/// stay in place, marked busy, until [`Engine::collect_compaction`] files the result.
+/// Hands the next compaction due of `w` to the compaction thread, which is idle, as
+/// query `index`: whether there was one. Its parts stay in place, marked busy, until
+/// [`Engine::collect_compaction`] files the result.
 fn dispatch(
     w: &mut Windowed,
     pos: &Pos,

@@ -253,7 +253,7 @@ pub struct Part {
 pub struct Compaction {
     /// The slide bucket's start.
     pub bucket: i64,
-    /// The parts' level (of the highest, when levels are merged: see
+    /// The parts' level (the top's, when parts of several levels go into the top: see
     /// [`HopState::take_compaction`]).
     pub level: u8,
     /// The parts taken.
