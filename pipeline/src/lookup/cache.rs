@@ -12,12 +12,12 @@
 //! of its TTL, by a hash of its key (`refresh_after`). A due value is still served; the
 //! lookup fetches it again with the next misses, or once a batch holds
 //! [`REFRESH_AT_ONCE`] due keys (a refresh alone is tried once: while Redis is away, the
-//! values are served until they expire). A fleet's state is fetched within seconds of a start: with
-//! one lifetime and nothing ahead of it, all of it expired within the same seconds a TTL
-//! later, and again every TTL after that, each time a burst of fetches and decodes in the
-//! way of the pings. Spread and coalesced, the same fetches come a few round trips a
-//! second, never one per batch.
-
+//! values are served until they expire). A fleet's state is fetched within seconds of a
+//! start: with one lifetime and nothing ahead of it, all of it expired within the same
+//! seconds a TTL later, and again every TTL after that, each time a burst of fetches and
+//! decodes in the way of the pings. Spread and coalesced, the same fetches come a few
+//! round trips a second, never one per batch.
+//!
 //! Eviction is oldest-inserted first: every entry expires after its TTL anyway, so the
 //! insertion order is the age order, and a FIFO needs no bookkeeping on the read path.
 
