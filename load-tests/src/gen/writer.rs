@@ -28,34 +28,51 @@ pub fn create(dir: &Path, name: &str) -> Result<(BufWriter<File>, PathBuf), GenE
 }
 
 /// The strings of a device that every ping repeats, formatted once.
+///
+/// The pieces a ping's JSON line copies sit in one buffer, so writing a ping of a
+/// random device of a large fleet (a gateway batch) reads one struct and one short run
+/// of memory, not an allocation per piece: at 300,000 pings/s over 100,000 devices,
+/// the cache misses of the scattered pieces were most of the load driver's CPU.
 #[derive(Debug)]
 pub struct DeviceText {
-    /// `{"device_id":"...","event_time":`
-    prefix: Vec<u8>,
+    /// Back to back: `{"device_id":"...","event_time":`, then `,"mcc":262,"mnc":"01"`
+    /// for the home operator and for the roaming network, then
     /// `,"iccid":"...","imsi":"..."` per SIM.
-    sims: Vec<Vec<u8>>,
-    /// `,"mcc":262,"mnc":"01"` for the home operator and the roaming network.
-    nets: [Vec<u8>; 2],
+    text: Box<[u8]>,
+    /// Where each piece of `text` ends, in that order.
+    ends: Box<[u32]>,
     device_id: String,
     sim_ids: Vec<(String, String)>,
     net_ids: [(u16, &'static str); 2],
 }
 
+/// Pieces of [`DeviceText::text`] before the SIMs: the prefix and the two networks.
+const FIXED_PIECES: usize = 3;
+
 impl DeviceText {
     pub fn new(prof: &Profile, roaming: Option<Operator>) -> Self {
-        let prefix = format!("{{\"device_id\":\"{}\",\"event_time\":", prof.imei).into_bytes();
-        let sims = prof
-            .sims
-            .iter()
-            .map(|s| format!(",\"iccid\":\"{}\",\"imsi\":\"{}\"", s.iccid, s.imsi).into_bytes())
-            .collect();
         let home = prof.home_operator();
         let roam = roaming.unwrap_or(home);
-        let net = |o: Operator| format!(",\"mcc\":{},\"mnc\":\"{}\"", o.mcc, o.mnc).into_bytes();
+        let mut pieces = vec![
+            format!("{{\"device_id\":\"{}\",\"event_time\":", prof.imei),
+            format!(",\"mcc\":{},\"mnc\":\"{}\"", home.mcc, home.mnc),
+            format!(",\"mcc\":{},\"mnc\":\"{}\"", roam.mcc, roam.mnc),
+        ];
+        pieces.extend(
+            prof.sims
+                .iter()
+                .map(|s| format!(",\"iccid\":\"{}\",\"imsi\":\"{}\"", s.iccid, s.imsi)),
+        );
+        let mut text = Vec::with_capacity(pieces.iter().map(String::len).sum());
+        let mut ends = Vec::with_capacity(pieces.len());
+        for piece in &pieces {
+            text.extend_from_slice(piece.as_bytes());
+            // A device's text is a few hundred bytes.
+            ends.push(u32::try_from(text.len()).unwrap_or(u32::MAX));
+        }
         Self {
-            prefix,
-            sims,
-            nets: [net(home), net(roam)],
+            text: text.into_boxed_slice(),
+            ends: ends.into_boxed_slice(),
             device_id: prof.imei.clone(),
             sim_ids: prof
                 .sims
@@ -64,6 +81,17 @@ impl DeviceText {
                 .collect(),
             net_ids: [(home.mcc, home.mnc), (roam.mcc, roam.mnc)],
         }
+    }
+
+    /// Piece `i` of [`Self::text`] (empty past the last).
+    #[inline]
+    fn piece(&self, i: usize) -> &[u8] {
+        let start = match i.checked_sub(1) {
+            Some(before) => self.ends.get(before).copied().unwrap_or(0),
+            None => 0,
+        } as usize;
+        let end = self.ends.get(i).map_or(start, |&e| e as usize);
+        self.text.get(start..end).unwrap_or_default()
     }
 }
 
@@ -94,7 +122,7 @@ fn boolean(out: &mut Vec<u8>, key: &[u8], v: bool) {
 
 /// Appends one ping as a JSON line (fields in `DevicePing` order, nulls omitted).
 pub fn ping_json(out: &mut Vec<u8>, p: &Ping, d: &DeviceText, buf: &mut itoa::Buffer) {
-    out.extend_from_slice(&d.prefix);
+    out.extend_from_slice(d.piece(0));
     out.extend_from_slice(buf.format(p.event_time).as_bytes());
     out.extend_from_slice(b",\"receive_time\":");
     out.extend_from_slice(buf.format(p.receive_time).as_bytes());
@@ -108,11 +136,9 @@ pub fn ping_json(out: &mut Vec<u8>, p: &Ping, d: &DeviceText, buf: &mut itoa::Bu
         out.extend_from_slice(b",\"accuracy_m\":");
         fixed(out, i64::from(p.accuracy_dm), 1, buf);
     }
-    if let Some(s) = d.sims.get(usize::from(p.sim)) {
-        out.extend_from_slice(s);
-    }
+    out.extend_from_slice(d.piece(FIXED_PIECES + usize::from(p.sim)));
     if p.flags & flag::HAS_NET != 0 {
-        out.extend_from_slice(&d.nets[usize::from(p.net & 1)]);
+        out.extend_from_slice(d.piece(1 + usize::from(p.net & 1)));
     }
     out.extend_from_slice(b",\"battery_pct\":");
     out.extend_from_slice(buf.format(p.battery).as_bytes());
