@@ -62,11 +62,24 @@ pub struct EngineConfig {
     /// (`leasewatch_engine_backlog_*`, which follow the lane furthest behind) then show
     /// up to this long of requests at any time. At most 60,000.
     pub windowed_linger_ms: u64,
+    /// `leasewatch run`: the nice value of the per-ping lane's thread (of the one engine's
+    /// without `split_lanes`), relative to the process's: -5 by default, from -20 to 0.
+    /// Every alert within a second waits for that one thread; when the cores are busy,
+    /// other processes on the machine (Redis, a load driver, anything at the process's
+    /// priority) would otherwise take an equal share each and hold it back. Raising a
+    /// thread's priority needs root, `CAP_SYS_NICE` or a `RLIMIT_NICE` that allows it;
+    /// without, the lane runs at the process's priority and says so once (info). 0 does
+    /// not try. Ingest's threads run 5 below the lane (at the process's priority by
+    /// default); the windowed lane and the checkpoint threads relative to the process.
+    pub per_ping_nice: i32,
     /// `leasewatch run`: the windowed queries follow the WAL on a thread of their own,
     /// apart from the per-ping rules (`crate::engine::Lane`), so that a window's merge
     /// or emission never holds up a per-ping alert. Off: one engine runs every query.
     pub split_lanes: bool,
 }
+
+/// The highest priority `engine.per_ping_nice` may ask for (the kernel's lowest nice).
+const MIN_PER_PING_NICE: i32 = -20;
 
 /// The longest `engine.windowed_linger_ms` accepted: a minute, the default checkpoint
 /// interval (longer would only hold the WAL's truncation back).
@@ -84,6 +97,7 @@ impl Default for EngineConfig {
             max_batch_rows: 8192,
             windowed_max_batch_rows: 65_536,
             windowed_linger_ms: 500,
+            per_ping_nice: -5,
             split_lanes: true,
         }
     }
@@ -169,6 +183,12 @@ impl Config {
         if self.engine.windowed_linger_ms > MAX_WINDOWED_LINGER_MS {
             e.push(format!(
                 "engine.windowed_linger_ms must be at most {MAX_WINDOWED_LINGER_MS}"
+            ));
+        }
+        if !(MIN_PER_PING_NICE..=0).contains(&self.engine.per_ping_nice) {
+            e.push(format!(
+                "engine.per_ping_nice must be from {MIN_PER_PING_NICE} to 0 (it raises the \
+                 lane's priority, never lowers it)"
             ));
         }
         if self.engine.checkpoint_interval_secs == 0 {
@@ -280,11 +300,12 @@ mod tests {
             &f,
             "[replay]\nbatch_rows = 0\n[engine]\ncheckpoint_interval_secs = 0\n\
              max_batch_rows = 0\nwindowed_max_batch_rows = 0\n\
-             windowed_linger_ms = 60001\n",
+             windowed_linger_ms = 60001\nper_ping_nice = 3\n",
         )
         .unwrap();
         let e = Config::load(Some(&f), vec![]).unwrap_err();
-        assert_eq!(e.0.len(), 5, "{e}");
+        assert_eq!(e.0.len(), 6, "{e}");
+        assert!(e.to_string().contains("engine.per_ping_nice"), "{e}");
         assert!(e.to_string().contains("engine.windowed_linger_ms"), "{e}");
         assert!(e.to_string().contains("engine.max_batch_rows"), "{e}");
         assert!(

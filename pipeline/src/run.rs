@@ -327,6 +327,12 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     let addr = listener
         .local_addr()
         .map_err(|e| RunError::io(format!("listening on {listen}"), e))?;
+    let mut side = EngineSide::new(config, engine, (wal, store), metrics, (0, positions));
+    side.sweep_every = (config.engine.sweep_interval_secs > 0)
+        .then(|| Duration::from_secs(config.engine.sweep_interval_secs));
+    // After the windowed lane and the checkpoint threads' nice values (relative to the
+    // process), before the ingest runtime (relative to this lane).
+    raise_lane_priority(config.engine.per_ping_nice);
     // Ingest runs on a runtime of its own: the engine blocks the thread it runs on at
     // times (a Redis sink waiting out an outage, file sinks, a checkpoint's fsync, the
     // queries themselves), and ingest must keep answering meanwhile (202 once in the WAL,
@@ -342,9 +348,6 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     });
     eprintln!("listening on http://{addr}");
 
-    let mut side = EngineSide::new(config, engine, (wal, store), metrics, (0, positions));
-    side.sweep_every = (config.engine.sweep_interval_secs > 0)
-        .then(|| Duration::from_secs(config.engine.sweep_interval_secs));
     let outcome = side.follow(&stop, server).await;
     if let Some(s) = sampler {
         s.abort();
@@ -521,7 +524,10 @@ impl WindowedLane {
     }
 }
 
-/// How much lower than the rest of the process the ingest threads run (nice).
+/// How much lower than the per-ping lane the ingest threads run (nice): the ingest
+/// runtime starts after [`raise_lane_priority`], from the lane's thread, so with the
+/// default `engine.per_ping_nice` (-5) they run at the process's priority, and 5 below
+/// it where the lane may not be raised.
 ///
 /// The per-ping lane (or the one engine) is one thread: every ping goes through it, so
 /// when the cores are busy it sets the throughput. Ingest scales out and is held back
@@ -551,6 +557,33 @@ fn set_thread_nice(nice: i32, thread: &str) {
 fn lowered_nice(by: i32) -> i32 {
     let nice = rustix::process::getpriority_process(None).unwrap_or(0);
     (nice + by).min(19)
+}
+
+/// Raises the calling thread, the per-ping lane (or the one engine), to `nice` above the
+/// process (`engine.per_ping_nice`: 0 or below). The lane is one thread that every alert
+/// within a second waits for; lowering the process's other threads
+/// ([`WINDOWED_LANE_NICE`]) does not help it against other processes on a busy machine (a
+/// co-located Redis, a load driver), which would each take as large a share as it.
+/// Ingest, which every ping passes first, starts after it and runs [`INGEST_NICE`] below
+/// it, so that both win against other processes while the lane still wins against ingest:
+/// with the lane raised alone, ingest starved on a saturated machine and acknowledged
+/// later than before. When the process may not (no root, `CAP_SYS_NICE` nor
+/// `RLIMIT_NICE`), it says so once and the lane runs at the process's priority.
+fn raise_lane_priority(nice: i32) {
+    if nice >= 0 {
+        return;
+    }
+    let base = rustix::process::getpriority_process(None).unwrap_or(0);
+    let want = (base + nice).max(-20);
+    match rustix::process::setpriority_process(None, want) {
+        Ok(()) => tracing::debug!(nice = want, "per-ping lane priority raised"),
+        Err(e) => tracing::info!(
+            error = %e,
+            nice = want,
+            "the per-ping lane runs at the process's priority: raising it needs root, \
+             CAP_SYS_NICE or RLIMIT_NICE (engine.per_ping_nice = 0 does not try)"
+        ),
+    }
 }
 
 /// The multi-threaded runtime the HTTP ingest server runs on, apart from the engine's.
@@ -677,6 +710,9 @@ struct EngineSide {
     linger: Duration,
     /// The checkpoint being written in the background, if any.
     writing: Option<Writing>,
+    /// The nice value of the thread writing it ([`CHECKPOINT_NICE`] below the lane as
+    /// it started, before the per-ping lane's priority was raised).
+    checkpoint_nice: i32,
 }
 
 /// A checkpoint a thread is writing: saving it, then (once saved) deleting the WAL
@@ -728,6 +764,7 @@ impl EngineSide {
                 Duration::ZERO
             },
             writing: None,
+            checkpoint_nice: lowered_nice(CHECKPOINT_NICE),
         }
     }
 
@@ -1036,7 +1073,7 @@ impl EngineSide {
         let (store, wal, lsn) = (self.store.clone(), self.wal.clone(), self.consumed);
         let (_, older) = self.kept_after(lsn);
         let (positions, lane) = (Arc::clone(&self.positions), self.lane);
-        let nice = lowered_nice(CHECKPOINT_NICE);
+        let nice = self.checkpoint_nice;
         let thread = std::thread::Builder::new()
             .name("checkpoint".into())
             .spawn(move || {
@@ -1134,3 +1171,39 @@ fn save_snapshot(store: &CheckpointStore, lsn: Lsn, snapshot: &Snapshot) -> Resu
 
 /// How often a running background checkpoint is looked at, while idle.
 const CHECKPOINT_POLL: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// On a thread of its own: a nice value is per thread on Linux.
+    fn nice_after(raise: i32, base: i32) -> (i32, i32) {
+        std::thread::spawn(move || {
+            set_thread_nice(base, "test");
+            let before = rustix::process::getpriority_process(None).unwrap();
+            raise_lane_priority(raise);
+            (before, rustix::process::getpriority_process(None).unwrap())
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[test]
+    fn the_lane_is_raised_relative_to_the_process_where_it_may_be() {
+        // From nice 3, so that an unprivileged process may go back down to it.
+        let (before, after) = nice_after(-5, 3);
+        assert_eq!(before, 3);
+        // Whether this process may raise a thread at all (root with CAP_SYS_NICE may; a
+        // plain user may not go below the nice it had).
+        let may = std::thread::spawn(|| {
+            set_thread_nice(3, "test");
+            rustix::process::setpriority_process(None, -2).is_ok()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(after, if may { -2 } else { 3 }, "may raise: {may}");
+        // 0 leaves it alone.
+        assert_eq!(nice_after(0, 3), (3, 3));
+    }
+}
