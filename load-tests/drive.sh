@@ -21,7 +21,11 @@
 # [ingest] keys, e.g. `max_lag_batches = 20` to see 429 + Retry-After sooner); WAL_TOML
 # (more [wal] keys, e.g. `group_commit_max_delay_us = 1000`);
 # WAL_MAX_RETAINED_GIB (wal.max_retained_bytes in GiB, 16: see below); LEASEWATCH_LOG
-# reaches the pipeline (`leasewatch::engine=debug`: window state every 15 s).
+# reaches the pipeline (`leasewatch::engine=debug`: window state every 15 s); CPU_QUOTA
+# (cores, e.g. 1.55: driver, Redis and pipeline share that much CPU time, in a cgroup
+# of their own, v2 `cpu.max` or v1 `cpu.cfs_quota_us`, per 20 ms; needs root). A quota
+# stands in for a slower or shared machine: the same run on the same box goes from
+# plenty of CPU to too little.
 #
 # The WAL keeps what the older of the two last checkpoints needs, up to two checkpoint
 # intervals (2 x 60 s) of pings: about 5 GB at 300,000 pings/s. The default bound
@@ -56,12 +60,9 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 cd "$WORK"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-redis_port="$(free_port)"
-step "start a private redis-server on 127.0.0.1:$redis_port"
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-    --dir "$WORK" --daemonize yes --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log"
 pipeline_pid=""
+cpu_cgroup=""
+cpu_cgroup_home=""
 cleanup() {
     if [ -n "$pipeline_pid" ] && kill -0 "$pipeline_pid" 2>/dev/null; then
         kill -TERM "$pipeline_pid" 2>/dev/null || true
@@ -71,8 +72,49 @@ cleanup() {
     local pid
     pid="$(cat "$WORK/redis.pid" 2>/dev/null || true)"
     [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    if [ -n "$cpu_cgroup" ]; then
+        for _ in $(seq 50); do [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null && break; sleep 0.1; done
+        echo $$ > "$cpu_cgroup_home/cgroup.procs" 2>/dev/null || true
+        rmdir "$cpu_cgroup" 2>/dev/null || echo "note: cgroup $cpu_cgroup left behind (a process still in it)" >&2
+    fi
 }
 trap cleanup EXIT
+
+# CPU_QUOTA: this shell moves into a cgroup of its own, which everything it starts
+# inherits; it moves back and removes the cgroup when it ends.
+if [ -n "${CPU_QUOTA:-}" ]; then
+    period_us=20000
+    quota_us="$(python3 -c 'import sys; q = float(sys.argv[1]); assert q >= 0.01; print(int(q * int(sys.argv[2])))' "$CPU_QUOTA" "$period_us" 2>/dev/null)" \
+        || { echo "CPU_QUOTA=$CPU_QUOTA: expected a number of cores, at least 0.01 (e.g. 1.55)" >&2; exit 2; }
+    name="leasewatch-drive-$$"
+    if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+        cpu_cgroup_home="/sys/fs/cgroup$(awk -F: '$1 == "0" { print $3 }' /proc/self/cgroup)"
+        { grep -qw cpu /sys/fs/cgroup/cgroup.controllers \
+            && { grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu > /sys/fs/cgroup/cgroup.subtree_control; } \
+            && mkdir "/sys/fs/cgroup/$name" \
+            && cpu_cgroup="/sys/fs/cgroup/$name" \
+            && echo "$quota_us $period_us" > "$cpu_cgroup/cpu.max"; } 2>/dev/null
+    elif [ -d /sys/fs/cgroup/cpu ]; then
+        cpu_cgroup_home="/sys/fs/cgroup/cpu$(awk -F: '$2 ~ /(^|,)cpu(,|$)/ { print $3 }' /proc/self/cgroup)"
+        { mkdir "/sys/fs/cgroup/cpu/$name" \
+            && cpu_cgroup="/sys/fs/cgroup/cpu/$name" \
+            && echo "$period_us" > "$cpu_cgroup/cpu.cfs_period_us" \
+            && echo "$quota_us" > "$cpu_cgroup/cpu.cfs_quota_us"; } 2>/dev/null
+    fi
+    if [ -z "$cpu_cgroup" ] || ! echo $$ > "$cpu_cgroup/cgroup.procs" 2>/dev/null; then
+        [ -n "$cpu_cgroup" ] && rmdir "$cpu_cgroup" 2>/dev/null
+        cpu_cgroup=""
+        echo "CPU_QUOTA needs root and a cgroup cpu controller this shell may use (none found or not writable)" >&2
+        exit 2
+    fi
+    step "CPU quota: $CPU_QUOTA cores ($quota_us us per $period_us us) in $cpu_cgroup"
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+redis_port="$(free_port)"
+step "start a private redis-server on 127.0.0.1:$redis_port"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$WORK" --daemonize yes --pidfile "$WORK/redis.pid" --logfile "$WORK/redis.log"
 for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 REDIS_URL="redis://127.0.0.1:$redis_port"
 
