@@ -531,9 +531,10 @@ impl WindowedLane {
 ///
 /// The per-ping lane (or the one engine) is one thread: every ping goes through it, so
 /// when the cores are busy it sets the throughput. Ingest scales out and is held back
-/// anyway once the engine lags (429/503), so under contention the engine should win. With
-/// +5 an ingest thread weighs about a third of the engine thread in the kernel's
-/// scheduler, and twice the windowed lane ([`WINDOWED_LANE_NICE`]).
+/// anyway once the engine lags (429/503), so under contention the engine should win. Five
+/// levels below it, an ingest thread weighs about a third of the engine thread in the
+/// kernel's scheduler; and six times the windowed lane ([`WINDOWED_LANE_NICE`]) with the
+/// lane raised, twice without.
 const INGEST_NICE: i32 = 5;
 
 /// How much lower than the rest of the process the thread writing a periodic checkpoint
