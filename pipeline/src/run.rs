@@ -331,13 +331,13 @@ pub async fn run(config: &Config) -> Result<(), RunError> {
     side.sweep_every = (config.engine.sweep_interval_secs > 0)
         .then(|| Duration::from_secs(config.engine.sweep_interval_secs));
     // After the windowed lane and the checkpoint threads' nice values (relative to the
-    // process), before the ingest runtime (relative to this lane).
-    raise_lane_priority(config.engine.per_ping_nice);
+    // process); the ingest runtime's are relative to this lane.
+    let lane_nice = raise_lane_priority(config.engine.per_ping_nice);
     // Ingest runs on a runtime of its own: the engine blocks the thread it runs on at
     // times (a Redis sink waiting out an outage, file sinks, a checkpoint's fsync, the
     // queries themselves), and ingest must keep answering meanwhile (202 once in the WAL,
     // or 429/503), not hang with it.
-    let ingest_runtime = IngestRuntime::new()?;
+    let ingest_runtime = IngestRuntime::new(lane_nice)?;
     let mut stopped = stop.subscribe();
     let server = ingest_runtime.spawn(async move {
         let listener = TcpListener::from_std(listener)?;
@@ -524,10 +524,9 @@ impl WindowedLane {
     }
 }
 
-/// How much lower than the per-ping lane the ingest threads run (nice): the ingest
-/// runtime starts after [`raise_lane_priority`], from the lane's thread, so with the
-/// default `engine.per_ping_nice` (-5) they run at the process's priority, and 5 below
-/// it where the lane may not be raised.
+/// How much lower than the per-ping lane the ingest threads run (nice): with the default
+/// `engine.per_ping_nice` (-5) at the process's priority, and 5 below it where the lane
+/// may not be raised ([`raise_lane_priority`]).
 ///
 /// The per-ping lane (or the one engine) is one thread: every ping goes through it, so
 /// when the cores are busy it sets the throughput. Ingest scales out and is held back
@@ -570,20 +569,27 @@ fn lowered_nice(by: i32) -> i32 {
 /// with the lane raised alone, ingest starved on a saturated machine and acknowledged
 /// later than before. When the process may not (no root, `CAP_SYS_NICE` nor
 /// `RLIMIT_NICE`), it says so once and the lane runs at the process's priority.
-fn raise_lane_priority(nice: i32) {
-    if nice >= 0 {
-        return;
-    }
+/// Returns the lane's nice value.
+fn raise_lane_priority(nice: i32) -> i32 {
     let base = rustix::process::getpriority_process(None).unwrap_or(0);
+    if nice >= 0 {
+        return base;
+    }
     let want = (base + nice).max(-20);
     match rustix::process::setpriority_process(None, want) {
-        Ok(()) => tracing::debug!(nice = want, "per-ping lane priority raised"),
-        Err(e) => tracing::info!(
-            error = %e,
-            nice = want,
-            "the per-ping lane runs at the process's priority: raising it needs root, \
-             CAP_SYS_NICE or RLIMIT_NICE (engine.per_ping_nice = 0 does not try)"
-        ),
+        Ok(()) => {
+            tracing::debug!(nice = want, "per-ping lane priority raised");
+            want
+        }
+        Err(e) => {
+            tracing::info!(
+                error = %e,
+                nice = want,
+                "the per-ping lane runs at the process's priority: raising it needs root, \
+                 CAP_SYS_NICE or RLIMIT_NICE (engine.per_ping_nice = 0 does not try)"
+            );
+            base
+        }
     }
 }
 
@@ -596,9 +602,10 @@ struct IngestRuntime {
 }
 
 impl IngestRuntime {
-    fn new() -> Result<Self, RunError> {
+    /// Its threads run [`INGEST_NICE`] below `lane_nice`, the per-ping lane's.
+    fn new(lane_nice: i32) -> Result<Self, RunError> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let ingest_nice = lowered_nice(INGEST_NICE);
+        let ingest_nice = (lane_nice + INGEST_NICE).min(19);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             // Large bodies are decoded on the blocking pool: one thread per core is as
@@ -1183,8 +1190,11 @@ mod tests {
         std::thread::spawn(move || {
             set_thread_nice(base, "test");
             let before = rustix::process::getpriority_process(None).unwrap();
-            raise_lane_priority(raise);
-            (before, rustix::process::getpriority_process(None).unwrap())
+            let lane = raise_lane_priority(raise);
+            let after = rustix::process::getpriority_process(None).unwrap();
+            // What the ingest runtime's threads are set below.
+            assert_eq!(lane, after);
+            (before, after)
         })
         .join()
         .unwrap()
