@@ -933,6 +933,12 @@ impl Engine {
         Ok(())
     }
 
+    /// Waits for the compaction thread's compaction, if one is in flight, and files its
+    /// result, so what happens next does not depend on how fast that thread is.
+    pub fn wait_for_compaction(&mut self) -> Result<(), EngineError> {
+        self.collect_compaction(true)
+    }
+
     /// Between batches: files the compaction thread's result, if it is done, and hands
     /// it the next compaction due, the windowed queries taking turns. Whether one is in
     /// flight (false: none is due, or there is no compaction thread). A lane that waits
