@@ -16,7 +16,7 @@ use leasewatch_load::r#gen::geo::offset_m;
 use leasewatch_load::r#gen::places::{self, Place};
 use leasewatch_load::r#gen::rng::Rng;
 use leasewatch_load::r#gen::state::lease_and_credit;
-use leasewatch_load::r#gen::writer::{DeviceText, ping_batch, ping_json};
+use leasewatch_load::r#gen::writer::{DeviceText, ping_batch, ping_json, warm};
 use leasewatch_schemas::{CreditState, EventKind, LeaseState};
 
 /// Random streams of the driver (the generator uses 1, 2 and 1..=4 << 32): the
@@ -204,6 +204,11 @@ impl Fleet {
 /// What the connections may change of a device: owned by exactly one connection.
 #[derive(Debug, Clone, Copy)]
 struct DeviceState {
+    /// The fleet's home and trigger of the device, copied here: the shard's devices are
+    /// every `step`-th of the fleet, so reading them from the fleet's lists was a cache
+    /// miss each per ping.
+    home: (i32, i32),
+    trigger: Trigger,
     seq: u32,
     battery: u8,
     charging: bool,
@@ -253,17 +258,23 @@ impl Shard {
         } else {
             0
         };
+        let step = count.max(1);
         let states = (0..mine)
-            .map(|_| DeviceState {
-                seq: 0,
-                battery: rng.range_i64(35, 100) as u8,
-                charging: false,
-                tripped: false,
+            .map(|local| {
+                let device = (index + step * local) as usize;
+                DeviceState {
+                    home: fleet.homes.get(device).copied().unwrap_or((0, 0)),
+                    trigger: fleet.triggers.get(device).copied().unwrap_or(Trigger::None),
+                    seq: 0,
+                    battery: rng.range_i64(35, 100) as u8,
+                    charging: false,
+                    tripped: false,
+                }
             })
             .collect();
         Self {
             first: index,
-            step: count.max(1),
+            step,
             states,
             cursor: 0,
             rng,
@@ -277,13 +288,7 @@ impl Shard {
 
     /// The pings of request `r`: one device's buffered pings, one second apart, for a
     /// phone upload, else one ping each of the next devices (a gateway batch).
-    pub fn pings(
-        &mut self,
-        fleet: &Fleet,
-        r: Upload,
-        out: &mut Vec<Ping>,
-        tripped: &mut Vec<Tripped>,
-    ) {
+    pub fn pings(&mut self, r: Upload, out: &mut Vec<Ping>, tripped: &mut Vec<Tripped>) {
         out.clear();
         if self.states.is_empty() {
             return;
@@ -292,12 +297,12 @@ impl Shard {
             let local = self.next_device();
             for j in 0..r.pings {
                 let back = i64::from(r.pings - 1 - j) * 1_000;
-                out.push(self.ping(fleet, local, r.t_ms - back, r.rel_ms, tripped));
+                out.push(self.ping(local, r.t_ms - back, r.rel_ms, tripped));
             }
         } else {
             for _ in 0..r.pings {
                 let local = self.next_device();
-                out.push(self.ping(fleet, local, r.t_ms, r.rel_ms, tripped));
+                out.push(self.ping(local, r.t_ms, r.rel_ms, tripped));
             }
         }
     }
@@ -308,24 +313,13 @@ impl Shard {
         local
     }
 
-    fn ping(
-        &mut self,
-        fleet: &Fleet,
-        local: usize,
-        t_ms: i64,
-        rel_ms: u64,
-        tripped: &mut Vec<Tripped>,
-    ) -> Ping {
+    fn ping(&mut self, local: usize, t_ms: i64, rel_ms: u64, tripped: &mut Vec<Tripped>) -> Ping {
         let device = self.first + self.step * local as u32;
         let rng = &mut self.rng;
         let Some(st) = self.states.get_mut(local) else {
             return empty_ping(device, t_ms);
         };
-        let trigger = fleet
-            .triggers
-            .get(device as usize)
-            .copied()
-            .unwrap_or(Trigger::None);
+        let trigger = st.trigger;
         let active = trigger.at().is_some_and(|at| rel_ms >= u64::from(at));
         let mut kind = EventKind::Heartbeat;
         if active && !st.tripped {
@@ -350,7 +344,7 @@ impl Shard {
         // Indoors near home: accuracy 30-100 m, the fix scattered within it.
         let accuracy = 30.0 + rng.exp(18.0).min(70.0);
         let has_fix = rng.chance(0.97);
-        let (home_lat, home_lon) = fleet.homes.get(device as usize).copied().unwrap_or((0, 0));
+        let (home_lat, home_lon) = st.home;
         let (nx, ny) = rng.normal2();
         let sigma = accuracy / 1.515;
         let p = offset_m(
@@ -462,6 +456,13 @@ pub fn encode(
 ) -> Result<Vec<u8>, String> {
     buf.clear();
     let mut ib = itoa::Buffer::new();
+    if format != BodyFormat::Arrow {
+        warm(
+            pings
+                .iter()
+                .filter_map(|p| fleet.text.get(p.device as usize)),
+        );
+    }
     match format {
         BodyFormat::Ndjson => {
             for p in pings {
@@ -535,7 +536,7 @@ mod tests {
                 t_ms: now,
                 rel_ms: rel,
             };
-            shard.pings(&fleet, r, &mut out, &mut tripped);
+            shard.pings(r, &mut out, &mut tripped);
             let body = encode(&fleet, &out, BodyFormat::Ndjson, false, &mut buf).unwrap();
             for line in std::str::from_utf8(&body).unwrap().lines() {
                 let p: DevicePing = serde_json::from_str(line).unwrap();

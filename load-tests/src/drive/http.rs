@@ -154,7 +154,7 @@ pub async fn run(ctx: Arc<Ctx>, index: u32, tickets: Tickets) {
             t_ms,
             rel_ms: due_us / 1000,
         };
-        shard.pings(&ctx.fleet, request, &mut pings, &mut tripped);
+        shard.pings(request, &mut pings, &mut tripped);
         let n = pings.len() as u64;
         Stats::add(&ctx.stats.pings_scheduled, n);
         if !tripped.is_empty()
