@@ -41,6 +41,9 @@ fn column<T: 'static>(batch: &RecordBatch, idx: usize) -> Result<&T, NotAPingBat
 struct Found(BTreeMap<usize, Vec<Problem>>);
 
 impl Found {
+    // Called about a dozen times a ping, nearly always with `None`: inlined, that is a
+    // test of the option, not a call passing a whole `Option<Problem>`.
+    #[inline]
     fn add(&mut self, row: usize, p: Option<Problem>) {
         if let Some(p) = p {
             self.0.entry(row).or_default().push(p);
