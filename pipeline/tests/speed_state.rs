@@ -206,8 +206,8 @@ async fn background_compactions_give_the_same_rows() {
     assert!(background.background > 5, "{}", background.background);
     assert_eq!(background.rows, inline.rows);
     // One compaction a batch, each done by the next, keeps up with this stream: state no
-    // larger than inline's (it was 4 times as large, once, when the thread was left to
-    // its own speed under a busy test suite).
+    // larger than inline's (its peak was five times inline's, once, when the thread was
+    // left to its own speed under a busy test suite).
     assert!(
         background.peak <= inline.peak && background.mean <= inline.mean,
         "window state: peak {} bytes in the background, {} inline; mean {} and {}",

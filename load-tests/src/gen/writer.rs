@@ -83,12 +83,16 @@ impl DeviceText {
         }
     }
 
-    /// Reads every cache line of the text and its piece ends, and returns a byte of
-    /// them (see [`warm`]).
+    /// Reads every cache line of the text (a byte every 64, and the last) and its piece
+    /// ends, and returns a byte of them (see [`warm`]).
     #[inline]
     fn touch(&self) -> u8 {
         let ends = self.ends.first().map_or(0, |&e| e as u8);
-        self.text.iter().step_by(64).fold(ends, |a, &b| a ^ b)
+        let last = self.text.last().copied().unwrap_or(0);
+        self.text
+            .iter()
+            .step_by(64)
+            .fold(ends ^ last, |a, &b| a ^ b)
     }
 
     /// Piece `i` of [`Self::text`] (empty past the last).
