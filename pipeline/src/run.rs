@@ -553,10 +553,14 @@ fn set_thread_nice(nice: i32, thread: &str) {
     }
 }
 
-/// The calling thread's nice value raised by `by` (the lowest priority at most).
-fn lowered_nice(by: i32) -> i32 {
-    let nice = rustix::process::getpriority_process(None).unwrap_or(0);
+/// `nice` lowered by `by` levels (the lowest priority, 19, at most).
+fn nice_below(nice: i32, by: i32) -> i32 {
     (nice + by).min(19)
+}
+
+/// The calling thread's nice value lowered by `by` levels ([`nice_below`]).
+fn lowered_nice(by: i32) -> i32 {
+    nice_below(rustix::process::getpriority_process(None).unwrap_or(0), by)
 }
 
 /// Raises the calling thread, the per-ping lane (or the one engine), to `nice` above the
@@ -605,7 +609,7 @@ impl IngestRuntime {
     /// Its threads run [`INGEST_NICE`] below `lane_nice`, the per-ping lane's.
     fn new(lane_nice: i32) -> Result<Self, RunError> {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let ingest_nice = (lane_nice + INGEST_NICE).min(19);
+        let ingest_nice = nice_below(lane_nice, INGEST_NICE);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             // Large bodies are decoded on the blocking pool: one thread per core is as
