@@ -28,8 +28,10 @@ use datafusion::logical_expr::{
     BinaryExpr, Expr, Extension, JoinType, LogicalPlan, Operator, UserDefinedLogicalNode,
     UserDefinedLogicalNodeCore,
 };
+use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning,
@@ -368,7 +370,7 @@ impl datafusion::execution::context::QueryPlanner for QueryPlanner {
         )])
         .create_physical_plan(logical_plan, session)
         .await?;
-        super::projection::lean(plan)
+        super::projection::lean(prune(plan)?)
     }
 }
 
@@ -381,6 +383,10 @@ pub struct LookupJoinExec {
     inner: bool,
     schema: SchemaRef,
     props: Arc<PlanProperties>,
+    /// Per declared column of the table (in `table.columns` order), whether anything
+    /// above reads it ([`prune`]); `None` when all may be read. Unread columns are
+    /// nulls instead of a gather.
+    read: Option<Arc<[bool]>>,
 }
 
 impl LookupJoinExec {
@@ -406,8 +412,53 @@ impl LookupJoinExec {
             inner,
             schema,
             props: Arc::new(props),
+            read: None,
         }
     }
+}
+
+/// Narrows each lookup join directly under a projection to the table columns the
+/// projection reads: a per-ping view that tests two of a lease's eleven columns gathers
+/// those two (and the permitted cells it tests) for every ping of the batch, not all
+/// eleven. The join's schema stays the same; the columns no one reads are nulls.
+fn prune(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|node| {
+        let any: &dyn std::any::Any = node.as_ref();
+        let Some(projection) = any.downcast_ref::<ProjectionExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let child: &dyn std::any::Any = projection.input().as_ref();
+        let Some(join) = child.downcast_ref::<LookupJoinExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        let mut used = vec![false; join.schema.fields().len()];
+        for e in projection.expr() {
+            for c in collect_columns(&e.expr) {
+                if let Some(u) = used.get_mut(c.index()) {
+                    *u = true;
+                }
+            }
+        }
+        let first = join.input.schema().fields().len();
+        let read: Vec<bool> = used.get(first..).unwrap_or_default().to_vec();
+        if read.len() != join.table.columns.len() || read.iter().all(|&r| r) {
+            return Ok(Transformed::no(node));
+        }
+        let narrowed = Arc::new(LookupJoinExec {
+            input: Arc::clone(&join.input),
+            key: Arc::clone(&join.key),
+            table: join.table.clone(),
+            inner: join.inner,
+            schema: Arc::clone(&join.schema),
+            props: Arc::clone(&join.props),
+            read: Some(read.into()),
+        });
+        Ok(Transformed::yes(node.replace_children(
+            vec![narrowed],
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
+        )?))
+    })
+    .map(|t| t.data)
 }
 
 impl DisplayAs for LookupJoinExec {
@@ -417,7 +468,19 @@ impl DisplayAs for LookupJoinExec {
             "LookupJoinExec: {} key={}",
             if self.inner { "inner" } else { "left" },
             self.key
-        )
+        )?;
+        if let Some(read) = &self.read {
+            let names: Vec<&str> = self
+                .table
+                .columns
+                .iter()
+                .zip(read.iter())
+                .filter(|(_, r)| **r)
+                .map(|(c, _)| c.as_str())
+                .collect();
+            write!(f, " reads=[{}]", names.join(", "))?;
+        }
+        Ok(())
     }
 }
 
@@ -470,6 +533,7 @@ impl ExecutionPlan for LookupJoinExec {
             self.table.clone(),
             Arc::clone(&self.schema),
         );
+        let read = self.read.clone();
         Ok(Arc::new(match options.children_properties {
             ChildrenPropertiesMode::Keep => Self {
                 input,
@@ -478,8 +542,12 @@ impl ExecutionPlan for LookupJoinExec {
                 inner: self.inner,
                 schema,
                 props: Arc::clone(&self.props),
+                read,
             },
-            ChildrenPropertiesMode::Recompute => Self::new(input, key, table, self.inner, schema),
+            ChildrenPropertiesMode::Recompute => Self {
+                read,
+                ..Self::new(input, key, table, self.inner, schema)
+            },
         }))
     }
 
@@ -493,12 +561,24 @@ impl ExecutionPlan for LookupJoinExec {
         let table = self.table.clone();
         let inner = self.inner;
         let schema = Arc::clone(&self.schema);
+        let read = self.read.clone();
         let out_schema = Arc::clone(&schema);
         let stream = input.then(move |batch| {
             let key = Arc::clone(&key);
             let table = table.clone();
             let schema = Arc::clone(&schema);
-            async move { join_batch(batch?, key.as_ref(), &table, inner, &schema).await }
+            let read = read.clone();
+            async move {
+                join_batch(
+                    batch?,
+                    key.as_ref(),
+                    &table,
+                    inner,
+                    &schema,
+                    read.as_deref(),
+                )
+                .await
+            }
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, stream)))
     }
@@ -514,6 +594,7 @@ async fn join_batch(
     table: &LookupTable,
     inner: bool,
     schema: &SchemaRef,
+    read: Option<&[bool]>,
 ) -> DfResult<RecordBatch> {
     let n = batch.num_rows();
     if n == 0 {
@@ -543,13 +624,22 @@ async fn join_batch(
         }
     };
     let missing = arrow::compute::is_null(&found.indices)?;
-    let key_out = nullif(keys, &missing)?;
     let value_schema = table.lookup.aligned_schema();
     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-    // Only the declared columns are gathered, each straight from the decoded rows.
-    for name in &table.columns {
-        if *name == table.key_column {
-            columns.push(Arc::clone(&key_out));
+    // Only the declared columns are gathered, each straight from the decoded rows, and of
+    // those only the ones read above.
+    for (j, name) in table.columns.iter().enumerate() {
+        if read.is_some_and(|r| !r.get(j).copied().unwrap_or(true)) {
+            let field = schema.fields().get(columns.len()).ok_or_else(|| {
+                DataFusionError::Internal(format!(
+                    "lookup join of {} columns into a schema of {}",
+                    columns.len() + 1,
+                    schema.fields().len()
+                ))
+            })?;
+            columns.push(arrow::array::new_null_array(field.data_type(), n));
+        } else if *name == table.key_column {
+            columns.push(nullif(keys, &missing)?);
         } else {
             // the state schema is the key column, then the value columns
             let i = value_schema.index_of(name)? + 1;
@@ -575,5 +665,87 @@ async fn join_batch(
         Ok(filter_record_batch(&out, &found)?)
     } else {
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::lookup::LookupConfig;
+    use arrow::datatypes::{Field, Schema};
+    use datafusion::physical_expr::expressions::{Column, col};
+    use datafusion::physical_plan::displayable;
+    use datafusion::physical_plan::empty::EmptyExec;
+
+    /// A join of `device_id` with a three-column table (never connected: planning only).
+    fn join() -> Arc<dyn ExecutionPlan> {
+        let value_schema = Arc::new(Schema::new(vec![
+            Field::new("lease_id", DataType::Utf8, true),
+            Field::new("area_res", DataType::Int32, true),
+        ]));
+        let lookup = RedisLookup::new(LookupConfig::default(), value_schema).unwrap();
+        let table = LookupTable {
+            key_column: "key".into(),
+            columns: vec!["key".into(), "lease_id".into(), "area_res".into()],
+            lookup: Arc::new(lookup),
+        };
+        let input_schema = Arc::new(Schema::new(vec![Field::new(
+            "device_id",
+            DataType::Utf8,
+            false,
+        )]));
+        let mut fields = vec![Field::new("device_id", DataType::Utf8, false)];
+        fields.extend(["key", "lease_id"].map(|n| Field::new(n, DataType::Utf8, true)));
+        fields.push(Field::new("area_res", DataType::Int32, true));
+        let key = col("device_id", &input_schema).unwrap();
+        let input = Arc::new(EmptyExec::new(input_schema));
+        Arc::new(LookupJoinExec::new(
+            input,
+            key,
+            table,
+            true,
+            Arc::new(Schema::new(fields)),
+        ))
+    }
+
+    fn project(columns: &[(&str, usize)], input: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+        let exprs = columns.iter().map(|&(name, i)| {
+            (
+                Arc::new(Column::new(name, i)) as Arc<dyn PhysicalExpr>,
+                name.to_string(),
+            )
+        });
+        Arc::new(ProjectionExec::try_new(exprs, input).unwrap())
+    }
+
+    fn shown(plan: &Arc<dyn ExecutionPlan>) -> String {
+        displayable(plan.as_ref()).indent(true).to_string()
+    }
+
+    #[test]
+    fn a_join_under_a_projection_reads_only_the_columns_it_uses() {
+        let plan = prune(project(&[("device_id", 0), ("area_res", 3)], join())).unwrap();
+        assert!(
+            shown(&plan).contains("LookupJoinExec: inner key=device_id@0 reads=[area_res]"),
+            "{}",
+            shown(&plan)
+        );
+        // The schema above is unchanged.
+        assert_eq!(plan.schema().fields().len(), 2);
+    }
+
+    #[test]
+    fn a_join_read_whole_or_not_under_a_projection_is_left_as_it_is() {
+        let all = [
+            ("device_id", 0),
+            ("key", 1),
+            ("lease_id", 2),
+            ("area_res", 3),
+        ];
+        for plan in [project(&all, join()), join()] {
+            let pruned = prune(Arc::clone(&plan)).unwrap();
+            assert!(!shown(&pruned).contains("reads="), "{}", shown(&pruned));
+        }
     }
 }

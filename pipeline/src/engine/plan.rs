@@ -439,6 +439,10 @@ async fn compile(
             .create_physical_plan(&plan)
             .await
             .map_err(|e| sql_err(pos, construct, e))?;
+        tracing::debug!(
+            "{construct} at {pos}: per-batch plan\n{}",
+            datafusion::physical_plan::displayable(physical.as_ref()).indent(true)
+        );
         return Ok(Query {
             pos: pos.clone(),
             name: String::new(),
