@@ -418,9 +418,10 @@ impl LookupJoinExec {
 }
 
 /// Narrows each lookup join directly under a projection to the table columns the
-/// projection reads: a per-ping view that tests two of a lease's eleven columns gathers
-/// those two (and the permitted cells it tests) for every ping of the batch, not all
-/// eleven. The join's schema stays the same; the columns no one reads are nulls.
+/// projection reads: a per-ping view that reads four of a lease's eleven columns gathers
+/// those four for every ping of the batch, not all eleven. The join's schema stays the
+/// same; the columns no one reads are nulls (a column declared NOT NULL is always
+/// gathered).
 fn prune(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
     plan.transform_up(|node| {
         let any: &dyn std::any::Any = node.as_ref();
@@ -440,7 +441,12 @@ fn prune(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
             }
         }
         let first = join.input.schema().fields().len();
-        let read: Vec<bool> = used.get(first..).unwrap_or_default().to_vec();
+        let read: Vec<bool> = used
+            .iter()
+            .zip(join.schema.fields().iter())
+            .skip(first)
+            .map(|(&u, f)| u || !f.is_nullable())
+            .collect();
         if read.len() != join.table.columns.len() || read.iter().all(|&r| r) {
             return Ok(Transformed::no(node));
         }
@@ -678,8 +684,9 @@ mod tests {
     use datafusion::physical_plan::displayable;
     use datafusion::physical_plan::empty::EmptyExec;
 
-    /// A join of `device_id` with a three-column table (never connected: planning only).
-    fn join() -> Arc<dyn ExecutionPlan> {
+    /// A join of `device_id` with a three-column table (never connected: planning only),
+    /// its `lease_id` nullable or not.
+    fn join(lease_id_nullable: bool) -> Arc<dyn ExecutionPlan> {
         let value_schema = Arc::new(Schema::new(vec![
             Field::new("lease_id", DataType::Utf8, true),
             Field::new("area_res", DataType::Int32, true),
@@ -696,7 +703,8 @@ mod tests {
             false,
         )]));
         let mut fields = vec![Field::new("device_id", DataType::Utf8, false)];
-        fields.extend(["key", "lease_id"].map(|n| Field::new(n, DataType::Utf8, true)));
+        fields.push(Field::new("key", DataType::Utf8, true));
+        fields.push(Field::new("lease_id", DataType::Utf8, lease_id_nullable));
         fields.push(Field::new("area_res", DataType::Int32, true));
         let key = col("device_id", &input_schema).unwrap();
         let input = Arc::new(EmptyExec::new(input_schema));
@@ -725,7 +733,8 @@ mod tests {
 
     #[test]
     fn a_join_under_a_projection_reads_only_the_columns_it_uses() {
-        let plan = prune(project(&[("device_id", 0), ("area_res", 3)], join())).unwrap();
+        let read = [("device_id", 0), ("area_res", 3)];
+        let plan = prune(project(&read, join(true))).unwrap();
         assert!(
             shown(&plan).contains("LookupJoinExec: inner key=device_id@0 reads=[area_res]"),
             "{}",
@@ -733,6 +742,13 @@ mod tests {
         );
         // The schema above is unchanged.
         assert_eq!(plan.schema().fields().len(), 2);
+        // A column that may not be null is gathered, read or not.
+        let plan = prune(project(&read, join(false))).unwrap();
+        assert!(
+            shown(&plan).contains("reads=[lease_id, area_res]"),
+            "{}",
+            shown(&plan)
+        );
     }
 
     #[test]
@@ -743,7 +759,7 @@ mod tests {
             ("lease_id", 2),
             ("area_res", 3),
         ];
-        for plan in [project(&all, join()), join()] {
+        for plan in [project(&all, join(true)), join(true)] {
             let pruned = prune(Arc::clone(&plan)).unwrap();
             assert!(!shown(&pruned).contains("reads="), "{}", shown(&pruned));
         }
