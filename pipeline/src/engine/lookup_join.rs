@@ -702,10 +702,12 @@ mod tests {
             DataType::Utf8,
             false,
         )]));
-        let mut fields = vec![Field::new("device_id", DataType::Utf8, false)];
-        fields.push(Field::new("key", DataType::Utf8, true));
-        fields.push(Field::new("lease_id", DataType::Utf8, lease_id_nullable));
-        fields.push(Field::new("area_res", DataType::Int32, true));
+        let fields = vec![
+            Field::new("device_id", DataType::Utf8, false),
+            Field::new("key", DataType::Utf8, true),
+            Field::new("lease_id", DataType::Utf8, lease_id_nullable),
+            Field::new("area_res", DataType::Int32, true),
+        ];
         let key = col("device_id", &input_schema).unwrap();
         let input = Arc::new(EmptyExec::new(input_schema));
         Arc::new(LookupJoinExec::new(
